@@ -1,0 +1,156 @@
+"""Load params.yaml and validate it against workflow/schemas/params.schema.yaml.
+
+Errors name the key path and say what was expected in plain words, e.g.
+``params.yaml: shards.shard_size: -3 is less than the minimum of 1``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """params.yaml is not valid; the message is meant for a person."""
+
+
+def schema_path() -> Path:
+    """The schema lives in workflow/schemas (where Snakemake users expect it); the package ships a copy."""
+    repo = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+    if repo.exists():
+        return repo
+    return Path(str(resources.files("gzmorph") / "params.schema.yaml"))
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(schema_path().read_text())
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    where = _where(error)
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{where}: unknown key(s) {', '.join(map(repr, extra))}{hint}"
+    if v == "required":
+        return f"{where}: {error.message}"
+    if v == "type":
+        return f"{where}: {error.instance!r} should be of type {error.validator_value}"
+    if v == "enum":
+        return f"{where}: {error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
+    desc = error.schema.get("description")
+    return f"{where}: {error.message}" + (f" ({desc})" if desc else "")
+
+
+def _semantic_checks(params: dict[str, Any]) -> list[str]:
+    """Rules a JSON schema cannot express."""
+    problems = []
+    split = params["shards"]["split"]
+    total = split["train"] + split["val"] + split["test"]
+    if abs(total - 1.0) > 1e-6:
+        problems.append(f"shards.split: train + val + test must sum to 1, got {total:g}")
+    sim = params["simulate"]
+    sky = sim["sky"]
+    if sky["ra_min"] >= sky["ra_max"]:
+        problems.append("simulate.sky: ra_min must be less than ra_max")
+    if sky["dec_min"] >= sky["dec_max"]:
+        problems.append("simulate.sky: dec_min must be less than dec_max")
+    for name, s in sim["surveys"].items():
+        if s["ra_min"] >= s["ra_max"]:
+            problems.append(f"simulate.surveys.{name}: ra_min must be less than ra_max")
+    xm = params["crossmatch"]
+    for side in ("left", "right"):
+        if xm[side] not in sim["surveys"]:
+            problems.append(f"crossmatch.{side}: {xm[side]!r} is not a survey; surveys: {', '.join(sim['surveys'])}")
+    if xm["left"] == xm["right"]:
+        problems.append("crossmatch: left and right must be different surveys")
+    vol = sim["volunteers"]
+    if vol["fewer_min"] > vol["per_galaxy"]:
+        problems.append("simulate.volunteers: fewer_min must not exceed per_galaxy")
+    return problems
+
+
+def validate(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
+    """Return ``params`` unchanged if valid, else raise ConfigError listing every problem."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(params).__name__}")
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    problems = [_explain(e) for e in errors]
+    if not problems:
+        problems = _semantic_checks(params)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return params
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        params = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(params).__name__}")
+    return params
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Later files override earlier ones key by key, as Snakemake merges --configfile."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = "params.yaml") -> dict[str, Any]:
+    """Read one params file, or several merged in order, and validate the result."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        paths = ["params.yaml"]
+    params: dict[str, Any] = {}
+    for path in paths:
+        params = deep_merge(params, _read(Path(path)))
+    return validate(params, source=", ".join(map(str, paths)))
+
+
+def add_params_argument(parser: Any) -> None:
+    """``--params FILE`` (repeatable): what every stage CLI reads its settings from."""
+    parser.add_argument(
+        "--params", action="append", default=None, metavar="FILE",
+        help="params file (repeat to merge several, later ones win; default params.yaml)",
+    )
+
+
+def select(params: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """The values of dotted keys (``"simulate.sky"``), keyed by those keys.
+
+    Snakemake rules pass this as ``params`` so that a change to exactly these
+    settings, and no others, reruns the rule, the same keys dvc.yaml lists.
+    """
+    out = {}
+    for key in keys:
+        node: Any = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"no setting {key!r} in the configuration")
+            node = node[part]
+        out[key] = node
+    return out

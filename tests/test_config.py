@@ -1,0 +1,82 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gzmorph import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def params():
+    return config.load(ROOT / "params.yaml")
+
+
+def _error(params) -> str:
+    with pytest.raises(config.ConfigError) as info:
+        config.validate(params, source="params.yaml")
+    return str(info.value)
+
+
+def test_default_params_are_valid(params):
+    assert params["shards"]["split"] == {"train": 0.7, "val": 0.2, "test": 0.1}
+
+
+def test_wrong_type_names_key_and_type(params):
+    params["simulate"]["n_galaxies"] = "many"
+    assert _error(params) == "params.yaml: simulate.n_galaxies: 'many' should be of type integer"
+
+
+def test_negative_size_names_minimum(params):
+    params["shards"]["shard_size"] = -3
+    msg = _error(params)
+    assert msg.startswith("params.yaml: shards.shard_size: -3 is less than the minimum of 1")
+
+
+def test_unknown_key_lists_allowed_keys(params):
+    params["shards"]["colour"] = "red"
+    msg = _error(params)
+    assert "shards: unknown key(s) 'colour'" in msg and "shard_size" in msg
+
+
+def test_every_problem_reported_once(params):
+    params["shards"]["shard_size"] = 0
+    params["crossmatch"]["radius_arcsec"] = -1
+    assert len(_error(params).splitlines()) == 2
+
+
+def test_split_must_sum_to_one(params):
+    params["shards"]["split"]["test"] = 0.3
+    assert "must sum to 1" in _error(params)
+
+
+def test_crossmatch_surveys_must_exist(params):
+    params["crossmatch"]["right"] = "euclid"
+    assert "crossmatch.right: 'euclid' is not a survey" in _error(params)
+
+
+def test_later_files_override_earlier(tmp_path, params):
+    override = tmp_path / "small.yaml"
+    override.write_text(yaml.safe_dump({"simulate": {"n_galaxies": 10}}))
+    merged = config.load([ROOT / "params.yaml", override])
+    expected = copy.deepcopy(params)
+    expected["simulate"]["n_galaxies"] = 10
+    assert merged == expected
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(config.ConfigError, match="no such file"):
+        config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(bad)
+
+
+def test_select_returns_dotted_keys(params):
+    got = config.select(params, ["seed", "simulate.sky.ra_min"])
+    assert got == {"seed": params["seed"], "simulate.sky.ra_min": params["simulate"]["sky"]["ra_min"]}
+    with pytest.raises(config.ConfigError, match="no setting 'simulate.nope'"):
+        config.select(params, ["simulate.nope"])

@@ -1,0 +1,13 @@
+# Helpers shared by the rules.
+
+from gzmorph.config import select
+
+
+def P(*keys):
+    """Settings a rule depends on, by dotted key (as dvc.yaml's params list them).
+
+    Keys may name wildcards, e.g. "simulate.surveys.{survey}".
+    """
+    if any("{" in k for k in keys):
+        return lambda wc: select(config, [k.format(**dict(wc.items())) for k in keys])
+    return select(config, keys)

@@ -1,0 +1,24 @@
+# 7:2:1 split and TFRecord shards per survey, ready for training.
+
+
+rule shards:
+    input:
+        catalog="data/catalogs/{survey}.parquet",
+        images="data/simulated/{survey}/images",
+    output:
+        shards=directory("data/shards/{survey}"),
+    params:
+        settings=P("seed", "shards"),
+        args=PARAMS_ARGS,
+    log:
+        "logs/shards_{survey}.log",
+    benchmark:
+        "benchmarks/shards_{survey}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    conda:
+        "../../environment.yml"
+    shell:
+        "gzmorph shards {params.args} --catalog {input.catalog} --out {output.shards}"
+        " --threads {threads} > {log} 2>&1"
