@@ -11,3 +11,8 @@ def P(*keys):
     if any("{" in k for k in keys):
         return lambda wc: select(config, [k.format(**dict(wc.items())) for k in keys])
     return select(config, keys)
+
+
+# Threads of the data-parallel stages: Snakemake scales this down to --cores (and to a
+# cluster job's allocation), and the stage receives the real number as --threads.
+ALL_CORES = 256

@@ -14,7 +14,7 @@ rule shards:
         "logs/shards_{survey}.log",
     benchmark:
         "benchmarks/shards_{survey}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         mem_mb=4000,
     conda:

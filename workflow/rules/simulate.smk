@@ -33,7 +33,7 @@ rule simulate_survey:
         "logs/simulate_survey_{survey}.log",
     benchmark:
         "benchmarks/simulate_survey_{survey}.tsv"
-    threads: workflow.cores
+    threads: ALL_CORES
     resources:
         mem_mb=4000,
     conda:
