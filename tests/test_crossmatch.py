@@ -57,8 +57,9 @@ def test_empty_inputs():
 
 
 def test_cli_writes_catalog_stats_and_figure(tmp_path, monkeypatch):
-    from gzmorph.cli import main
     from test_catalog import make_catalog
+
+    from gzmorph.cli import main
 
     left = make_catalog(20, seed=3)
     right = make_catalog(15, seed=4).assign(survey="decals")

@@ -3,7 +3,6 @@
 import re
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -80,7 +79,7 @@ def test_settings_keys_exist(both):
     _, smk_keys, _ = both
     params = config.load(ROOT / "params.yaml")
     surveys = list(params["simulate"]["surveys"])
-    for rule, keys in smk_keys.items():
+    for keys in smk_keys.values():
         for k in keys:
             for s in surveys:
                 config.select(params, [k.replace("{survey}", s)])  # raises if the key does not exist

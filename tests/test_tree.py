@@ -1,6 +1,6 @@
-from gzmorph.tree import DECALS_DR5, GZ2, DecisionTree, Question, Answer, get_tree
-
 import pytest
+
+from gzmorph.tree import DECALS_DR5, GZ2, Answer, DecisionTree, Question, get_tree
 
 
 def test_gz2_has_37_answers_with_hart16_columns():

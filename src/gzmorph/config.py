@@ -7,8 +7,8 @@ Errors name the key path and say what was expected in plain words, e.g.
 from __future__ import annotations
 
 import os
-from importlib import resources
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +154,31 @@ def select(params: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
             node = node[part]
         out[key] = node
     return out
+
+
+def available_cores() -> int:
+    """Cores this process may use (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _threads(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (all available cores) or more")
+    return value or available_cores()
+
+
+def add_threads_argument(parser: Any, what: str = "work") -> None:
+    """``--threads N``: worker processes; 0, the default, means every available core."""
+    parser.add_argument(
+        "--threads", type=_threads, default="0",
+        help=f"worker processes for {what} (default 0: all available cores; Snakemake passes its own)",
+    )

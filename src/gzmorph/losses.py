@@ -1,0 +1,122 @@
+"""Binomial vote-count likelihood (Walmsley et al. 2020, §2.1-2.2, eqs 1-6).
+
+Each of N volunteers asked a question gives answer A with probability rho (the
+"typical vote fraction"), so the k votes for A are Binomial(k | rho, N) (eq. 2).
+The network predicts rho per galaxy and is trained to minimise
+
+    -L = -[k log rho + (N - k) log(1 - rho)]                                  (eq. 6)
+
+Eq. 6 drops the log binomial coefficient log C(N, k), which does not depend on
+the weights.  ``include_constant=False`` (the default) reproduces eq. 6 exactly;
+``include_constant=True`` adds -log C(N, k) so the value is the true negative
+log-likelihood -log Bin(k | rho, N) (comparable with scipy.stats.binom.logpmf
+and across questions/galaxies with different N).  Gradients are identical.
+
+Conventions:
+  * the network emits two logits (answer, not-answer); rho = softmax(logits)[..., 0]
+    (the paper's 2-neuron softmax).  The loss takes logits and uses log_softmax,
+    so it never evaluates log(0) even when the softmax saturates.
+  * galaxies with N = 0 (question never asked) contribute exactly 0.
+  * everything is written with ``keras.ops`` (backend-independent) and computed
+    in float32 even when the model runs in mixed precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def rho_from_logits(logits):
+    """Typical vote fraction rho = softmax(logits)[..., 0] (paper's 2-neuron softmax)."""
+    logits = ops.cast(logits, "float32")
+    # softmax over two logits is sigmoid of their difference; cheaper and exact.
+    return ops.sigmoid(logits[..., 0] - logits[..., 1])
+
+
+def lgamma(x):
+    """log Gamma(x) for x >= 1 (vote counts + 1), with keras.ops only.
+
+    keras.ops has no lgamma, so: shift x up by 6 with the recurrence
+    Gamma(x) = Gamma(x + 6) / (x (x+1) ... (x+5)), then the Stirling series,
+    whose truncation error at z >= 7 is < 1e-9 (far below float32 resolution).
+    """
+    x = ops.cast(x, "float32")
+    z = x + 6.0
+    shift = ops.log(x * (x + 1.0) * (x + 2.0) * (x + 3.0) * (x + 4.0) * (x + 5.0))
+    inv_z = 1.0 / z
+    inv_z2 = inv_z * inv_z
+    series = inv_z * (1.0 / 12.0 - inv_z2 * (1.0 / 360.0 - inv_z2 / 1260.0))
+    return (z - 0.5) * ops.log(z) - z + _HALF_LOG_2PI + series - shift
+
+
+def log_binomial_coefficient(k, n):
+    """log C(n, k) for integer-valued k <= n (as floats)."""
+    k = ops.cast(k, "float32")
+    n = ops.cast(n, "float32")
+    return lgamma(n + 1.0) - lgamma(k + 1.0) - lgamma(n - k + 1.0)
+
+
+def _nll_from_log_probs(k, n, log_rho, log_one_minus_rho, include_constant: bool):
+    k = ops.cast(k, "float32")
+    n = ops.cast(n, "float32")
+    nll = -(k * log_rho + (n - k) * log_one_minus_rho)
+    if include_constant:
+        nll = nll - log_binomial_coefficient(k, n)
+    # N = 0 rows are 0 up to the float32 round-off of the lgamma series in the
+    # constant; the where makes them exactly 0 (question never asked: no information).
+    return ops.where(n > 0, nll, ops.zeros_like(nll))
+
+
+def binomial_nll_from_logits(k, n, logits, include_constant: bool = False):
+    """Per-galaxy binomial NLL (eq. 6) from 2 logits [..., 2]; rho = softmax(logits)[..., 0].
+
+    k: votes for the answer, n: total votes for the question (same leading shape as
+    logits[..., 0]).  Returns the same leading shape, float32.
+    """
+    log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+    return _nll_from_log_probs(k, n, log_probs[..., 0], log_probs[..., 1], include_constant)
+
+
+def binomial_nll(k, n, rho, eps: float = 1e-7, include_constant: bool = False):
+    """Per-galaxy binomial NLL (eq. 6) from a predicted rho, clipped to [eps, 1 - eps].
+
+    Prefer :func:`binomial_nll_from_logits` for training; this is for rho that
+    come from elsewhere (e.g. averaged MC-dropout predictions).
+    """
+    rho = ops.clip(ops.cast(rho, "float32"), eps, 1.0 - eps)
+    return _nll_from_log_probs(k, n, ops.log(rho), ops.log1p(-rho), include_constant)
+
+
+@keras.saving.register_keras_serializable(package="gzmorph")
+class BinomialLoss(keras.losses.Loss):
+    """Keras loss: y_true [B, 2] = (k, N) vote counts, y_pred [B, 2] logits.
+
+    Reduction (default "sum_over_batch_size") is the mean over galaxies in the
+    batch, N = 0 galaxies counting as 0 in the mean.
+    """
+
+    def __init__(
+        self,
+        include_constant: bool = False,
+        name: str = "binomial_loss",
+        reduction: str = "sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.include_constant = include_constant
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        return binomial_nll_from_logits(
+            y_true[:, 0], y_true[:, 1], y_pred, include_constant=self.include_constant
+        )
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["include_constant"] = self.include_constant
+        return config

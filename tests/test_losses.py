@@ -1,0 +1,132 @@
+"""Binomial loss (eq. 6) against scipy and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import gammaln
+from scipy.stats import binom
+
+from gzmorph.losses import (
+    BinomialLoss,
+    binomial_nll,
+    binomial_nll_from_logits,
+    lgamma,
+    log_binomial_coefficient,
+    rho_from_logits,
+)
+
+
+def _logits_for(rho: np.ndarray) -> np.ndarray:
+    """Two logits whose softmax[..., 0] is rho: (logit(rho), 0)."""
+    rho = np.asarray(rho, dtype=np.float64)
+    return np.stack([np.log(rho) - np.log1p(-rho), np.zeros_like(rho)], axis=-1).astype("float32")
+
+
+def _np(x) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
+
+
+@pytest.fixture
+def votes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 45, size=200)
+    k = rng.integers(0, n + 1)
+    rho = rng.uniform(0.02, 0.98, size=200)
+    return k.astype("float32"), n.astype("float32"), rho
+
+
+def test_hand_case_eq6():
+    # k=3, N=4, rho=0.5: -(3 ln .5 + 1 ln .5) = 4 ln 2
+    nll = binomial_nll_from_logits(np.array([3.0]), np.array([4.0]), np.zeros((1, 2), "float32"))
+    assert _np(nll)[0] == pytest.approx(4 * math.log(2), rel=1e-6)
+    with_const = binomial_nll_from_logits(np.array([3.0]), np.array([4.0]), np.zeros((1, 2), "float32"), True)
+    assert _np(with_const)[0] == pytest.approx(4 * math.log(2) - math.log(4), rel=1e-6)
+
+
+def test_matches_scipy_exactly_with_constant(votes):
+    k, n, rho = votes
+    nll = _np(binomial_nll_from_logits(k, n, _logits_for(rho), include_constant=True))
+    np.testing.assert_allclose(nll, -binom.logpmf(k, n, rho), rtol=1e-4, atol=1e-4)
+
+
+def test_eq6_differences_match_scipy(votes):
+    # Without the constant, differences between two rho equal differences of log-likelihoods.
+    k, n, rho = votes
+    rho2 = np.clip(rho[::-1] * 0.9 + 0.05, 0.01, 0.99)
+    d_ours = _np(binomial_nll_from_logits(k, n, _logits_for(rho))) - _np(
+        binomial_nll_from_logits(k, n, _logits_for(rho2))
+    )
+    d_scipy = -binom.logpmf(k, n, rho) + binom.logpmf(k, n, rho2)
+    np.testing.assert_allclose(d_ours, d_scipy, rtol=1e-4, atol=1e-4)
+
+
+def test_rho_form_matches_logit_form(votes):
+    k, n, rho = votes
+    np.testing.assert_allclose(
+        _np(binomial_nll(k, n, rho.astype("float32"))),
+        _np(binomial_nll_from_logits(k, n, _logits_for(rho))),
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(_np(rho_from_logits(_logits_for(rho))), rho, rtol=1e-5)
+
+
+def test_zero_votes_contribute_exactly_zero():
+    logits = np.array([[3.0, -2.0], [50.0, -50.0], [-50.0, 50.0]], "float32")
+    zeros = np.zeros(3, "float32")
+    for const in (False, True):
+        assert np.all(_np(binomial_nll_from_logits(zeros, zeros, logits, const)) == 0.0)
+        rho = np.array([0.3, 0.0, 1.0])
+        assert np.all(_np(binomial_nll(zeros, zeros, rho, include_constant=const)) == 0.0)
+
+
+def test_extreme_logits_finite_value_and_gradient():
+    logits = tf.constant([[50.0, -50.0], [-50.0, 50.0], [50.0, -50.0], [0.0, 0.0]])
+    k = tf.constant([0.0, 40.0, 40.0, 2.0])
+    n = tf.constant([40.0, 40.0, 40.0, 4.0])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        nll = binomial_nll_from_logits(k, n, logits, include_constant=True)
+    grad = tape.gradient(nll, logits).numpy()
+    assert np.all(np.isfinite(nll.numpy())) and np.all(np.isfinite(grad))
+    # rho ~ 1 but k = 0 of 40: huge (finite) penalty, ~40 * 100 nats
+    assert nll.numpy()[0] == pytest.approx(4000.0, rel=1e-3)
+    assert nll.numpy()[2] == pytest.approx(0.0, abs=1e-3)
+    # d nll / d logit_0 = N rho - k
+    np.testing.assert_allclose(grad[:, 0], [40.0, -40.0, 0.0, 0.0], atol=1e-3)
+
+
+def test_lgamma_and_log_comb_match_scipy():
+    x = np.arange(1, 1001, dtype="float32")
+    np.testing.assert_allclose(_np(lgamma(x)), gammaln(x), rtol=2e-6, atol=2e-5)
+    n = np.array([0, 1, 4, 40, 40, 200], "float32")
+    k = np.array([0, 1, 2, 0, 17, 100], "float32")
+    np.testing.assert_allclose(
+        _np(log_binomial_coefficient(k, n)), gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1), atol=5e-4
+    )
+
+
+def test_keras_loss_reduces_by_batch_mean_and_trains():
+    rng = np.random.default_rng(1)
+    n = rng.integers(0, 40, size=16)
+    k = rng.integers(0, n + 1)
+    y_true = np.stack([k, n], axis=1).astype("float32")
+    logits = rng.normal(size=(16, 2)).astype("float32")
+    loss = BinomialLoss()
+    per_galaxy = _np(binomial_nll_from_logits(y_true[:, 0], y_true[:, 1], logits))
+    assert float(loss(y_true, logits)) == pytest.approx(per_galaxy.mean(), rel=1e-5)
+    assert BinomialLoss.from_config(BinomialLoss(include_constant=True).get_config()).include_constant
+
+    # a linear model fitted with the loss recovers the vote fraction (MLE rho = sum k / sum N)
+    x = np.ones((64, 1), "float32")
+    n_all = np.full(64, 40.0, "float32")
+    k_all = rng.binomial(40, 0.8, size=64).astype("float32")
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss=BinomialLoss())
+    model.fit(x, np.stack([k_all, n_all], 1), epochs=60, batch_size=64, verbose=0)
+    rho_hat = float(_np(rho_from_logits(model(x[:1])))[0])
+    assert rho_hat == pytest.approx(k_all.sum() / n_all.sum(), abs=0.02)

@@ -1,0 +1,198 @@
+"""Fig. 3 CNN and §2.5.3 augmentations: shapes, parameter count, fresh randomness per example and pass."""
+
+from __future__ import annotations
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gzmorph.losses import rho_from_logits
+from gzmorph.model import (
+    ZoomCropResize,
+    build_augmentation,
+    build_model,
+    crop_and_resize,
+    expected_param_count,
+)
+
+SIZE, OUT = 48, 32  # tiny images keep the tests fast
+
+
+def _np(x) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
+
+
+def _images(batch: int, size: int = SIZE, channels: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, size, size, channels), dtype=np.uint8)
+
+
+def _ramp(batch: int, size: int, axis: int) -> np.ndarray:
+    """Float images whose value is the pixel-centre coordinate / size along axis (1 = rows, 2 = cols)."""
+    ramp = (np.arange(size, dtype="float32") + 0.5) / size
+    img = np.broadcast_to(ramp[:, None] if axis == 1 else ramp[None, :], (size, size))
+    return np.broadcast_to(img[None, :, :, None], (batch, size, size, 1)).copy()
+
+
+def _zoom_and_centre_from_ramp(out: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Recover each crop's zoom and centre from a resampled column ramp [B, o, o, 1]."""
+    o = out.shape[2]
+    prof = out[:, o // 2, :, 0]  # values along the sampled columns = input coordinate / size
+    j0, j1 = 4, o - 5  # away from edges, where the clamp-to-edge would bias the kernel
+    slope = (prof[:, j1] - prof[:, j0]) / (j1 - j0)  # = crop / (o * size)
+    return 1.0 / (slope * o), prof.mean(axis=1)
+
+
+def _distinct_rows(x: np.ndarray) -> bool:
+    flat = x.reshape(len(x), -1)
+    return all(not np.allclose(a, b) for a, b in itertools.combinations(flat, 2))
+
+
+# ---------------------------------------------------------------- architecture
+
+
+def test_param_count_matches_paper_architecture():
+    # by hand: convs 320 + 9248 + 9248 + 9248 + 4624 + 2320; dense 16*16*16*128 + 128; logits 258
+    assert expected_param_count(128) == 559_682
+    model = build_model(256, output_size=128)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == expected_param_count(128)
+    shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}
+    assert shapes["preprocess"] == (128, 128, 1)
+    assert shapes["conv1_2"] == (128, 128, 32)
+    assert shapes["conv2_2"] == (64, 64, 32)
+    assert shapes["conv3_2"] == (32, 32, 16)
+    assert shapes["flatten"] == (16 * 16 * 16,)
+    assert shapes["logits"] == (2,)
+    assert model.get_layer("logits").dtype_policy.compute_dtype == "float32"
+    assert model.get_layer("mc_dropout").rate == 0.5
+
+
+def test_forward_pass_uint8_to_float32_logits():
+    model = build_model(SIZE, output_size=OUT, seed=0)
+    logits = model(_images(3), training=False)
+    assert tuple(logits.shape) == (3, 2) and keras.backend.standardize_dtype(logits.dtype) == "float32"
+    rho = _np(rho_from_logits(logits))
+    assert np.all((rho > 0) & (rho < 1))
+
+
+# ---------------------------------------------------------------- crop + resize
+
+
+def test_crop_and_resize_identity_and_box():
+    x = _ramp(2, 16, axis=2)
+    full = _np(crop_and_resize(x, [0.0, 0.0], [0.0, 0.0], [16.0, 16.0], [16.0, 16.0], 16))
+    np.testing.assert_allclose(full, x, atol=1e-6)
+    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype("float32")
+    # an 8x8 box at native resolution returns exactly those pixels, per example
+    box = _np(crop_and_resize(x, [4.0, 0.0], [8.0, 2.0], [8.0, 8.0], [8.0, 8.0], 8))
+    np.testing.assert_allclose(box[0], x[0, 4:12, 8:16], atol=1e-6)
+    np.testing.assert_allclose(box[1], x[1, 0:8, 2:10], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["random", "central"])
+def test_zoom_crop_per_example_and_per_call(mode):
+    size, batch = 96, 64
+    layer = ZoomCropResize((1.1, 1.3), OUT, mode=mode, seed=3)
+    x = _ramp(batch, size, axis=2)  # the same image repeated: any variation is the augmentation's
+    out1, out2 = _np(layer(x, training=True)), _np(layer(x, training=True))
+    zooms, centres = _zoom_and_centre_from_ramp(out1, size)
+    assert np.all((zooms > 1.1 - 0.01) & (zooms < 1.3 + 0.01))
+    # drawn per example, spanning the range (not one zoom per batch or per graph)
+    assert zooms.min() < 1.14 and zooms.max() > 1.26 and _distinct_rows(out1)
+    assert not np.allclose(out1, out2)  # fresh draws on every call
+    if mode == "central":
+        np.testing.assert_allclose(centres, 0.5, atol=2e-3)
+    else:
+        assert centres.std() > 0.01
+    # deterministic: central crop at the mean zoom
+    det = _np(layer(x, training=False))
+    det_zooms, det_centres = _zoom_and_centre_from_ramp(det, size)
+    np.testing.assert_allclose(det_zooms, 1.2, atol=0.005)
+    np.testing.assert_allclose(det_centres, 0.5, atol=2e-3)
+
+
+def test_zoom_crop_fresh_in_graph_mode():
+    layer = ZoomCropResize((1.1, 1.3), OUT, mode="random", seed=5)
+    x = tf.constant(_ramp(16, 64, axis=2))
+    fn = tf.function(lambda images: layer(images, training=True))
+    a, b = fn(x).numpy(), fn(x).numpy()
+    assert _distinct_rows(a) and not np.allclose(a, b)
+    zooms, _ = _zoom_and_centre_from_ramp(a, 64)
+    assert zooms.max() - zooms.min() > 0.05  # per-example zooms, not one per graph or batch
+
+
+# ---------------------------------------------------------------- augmentation block
+
+
+def test_augmentation_train_vs_test():
+    block = build_augmentation((1.1, 1.3), "random", OUT, seed=7)
+    x = np.repeat(_images(1), 16, axis=0)
+    a, b = _np(block(x, training=True)), _np(block(x, training=True))
+    assert a.shape == (16, OUT, OUT, 1)
+    assert _distinct_rows(a) and not np.allclose(a, b)
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    d1, d2 = _np(block(x, training=False)), _np(block(x))
+    np.testing.assert_array_equal(d1, d2)  # default is deterministic (unlike Keras' own layers)
+    np.testing.assert_allclose(d1, d1[:1].repeat(16, axis=0), atol=1e-6)
+
+
+def test_greyscale_is_channel_mean():
+    block = build_augmentation(output_size=8, augment=False)
+    x = np.zeros((1, 16, 16, 3), np.uint8)
+    x[..., 0], x[..., 1], x[..., 2] = 30, 60, 210
+    np.testing.assert_allclose(_np(block(x)), 100 / 255, atol=1e-6)
+
+
+def test_flips_are_independent():
+    block = build_augmentation(seed=11)
+    flip_h, flip_v = block.steps[2], block.steps[3]
+    x = np.zeros((64, 8, 8, 1), "float32")
+    x[:, 0, 0, 0] = 1.0
+    y = _np(flip_v(flip_h(x, training=True), training=True))
+    corners = {(int(r), int(c)) for r, c in zip(*np.nonzero(y[..., 0])[1:], strict=True)}
+    assert corners == {(0, 0), (0, 7), (7, 0), (7, 7)}  # all four, not just identity/180 degrees
+
+
+# ---------------------------------------------------------------- MC dropout + TTA
+
+
+def test_mc_dropout_active_only_in_training_passes():
+    model = build_model(SIZE, output_size=OUT, augment=False, seed=1)
+    x = _images(4)
+    a, b = _np(model(x, training=True)), _np(model(x, training=True))
+    assert not np.allclose(a, b)  # dropout alone makes the passes differ
+    np.testing.assert_array_equal(_np(model(x, training=False)), _np(model(x, training=False)))
+    np.testing.assert_array_equal(_np(model(x)), model.predict(x, verbose=0))
+
+
+def test_mc_passes_fresh_in_graph_mode():
+    model = build_model(SIZE, output_size=OUT, seed=2)
+    x = np.repeat(_images(1), 8, axis=0)
+    mc_pass = tf.function(lambda images: model(images, training=True))
+    a, b = mc_pass(x).numpy(), mc_pass(x).numpy()
+    assert _distinct_rows(a) and not np.allclose(a, b)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    model = build_model(SIZE, output_size=OUT, crop_mode="central", crop_zoom=(1.7, 1.9), seed=4)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    x = _images(2)
+    np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), atol=1e-6)
+    assert loaded.get_layer("preprocess").crop_zoom == (1.7, 1.9)
+
+
+def test_mixed_precision_keeps_augmentation_and_logits_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(SIZE, output_size=OUT, seed=0)
+        logits = model(_images(2), training=True)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert model.get_layer("conv1_1").compute_dtype == "bfloat16"
+    assert model.get_layer("preprocess").compute_dtype == "float32"

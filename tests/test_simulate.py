@@ -1,0 +1,282 @@
+"""Simulated surveys: CLI outputs, determinism, resume, and the vote statistics of the GZ papers."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from gzmorph import catalog, config, simulate
+from gzmorph.sim import rng_for
+from gzmorph.sim.observe import iau_name
+from gzmorph.sim.population import MAG_LIMIT, R90_MIN_ARCSEC, sample_population
+from gzmorph.sim.volunteers import classifications_per_galaxy, rho, vote_counts
+from gzmorph.tree import get_tree
+
+IAU = re.compile(r"^J\d{6}\.\d{2}[+-]\d{6}\.\d$")
+N_STATS = 4000  # galaxies for vote statistics (population + votes only, no pixels)
+
+
+def _default_params() -> dict:
+    return config.load("params.yaml")
+
+
+def _small_params(n: int = 150, size: int = 96) -> dict:
+    p = copy.deepcopy(_default_params())
+    p["simulate"]["n_galaxies"] = n
+    p["simulate"]["image_size"] = size
+    return config.validate(p)
+
+
+def _cli(argv: list[str]):
+    """Parse with the simulate stage alone (independent of other stages being importable)."""
+    parser = argparse.ArgumentParser()
+    simulate.register(parser.add_subparsers(dest="stage", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _survey(tmp: Path, survey: str, images: str, cat: str, threads: int = 1) -> dict:
+    return _cli(["simulate", "survey", "--params", str(tmp / "params.yaml"), "--survey", survey,
+                 "--sky", str(tmp / "sky.parquet"), "--images", images, "--catalog", cat,
+                 "--threads", str(threads), "--no-progress"])
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """sky + both surveys with a small patch and 96 px images, run from inside the output folder
+    so that --images is a relative path."""
+    tmp = tmp_path_factory.mktemp("sim")
+    (tmp / "params.yaml").write_text(yaml.safe_dump(_small_params()))
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        _cli(["simulate", "sky", "--params", "params.yaml", "--out", "sky.parquet"])
+        _survey(tmp, "sdss", "img/sdss", "cat/sdss.parquet", threads=2)
+        _survey(tmp, "decals", "img/decals", "cat/decals.parquet", threads=1)
+    finally:
+        os.chdir(cwd)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def stats() -> dict:
+    """Default-params population of N_STATS galaxies, voted on by both surveys (as if both saw all)."""
+    p = _default_params()
+    pop = sample_population(N_STATS, p["simulate"]["sky"], p["seed"])
+    out = {"pop": pop}
+    for name in ("sdss", "decals"):
+        tree = get_tree(p["simulate"]["surveys"][name]["tree"])
+        probs, counts = simulate.simulate_votes(pop, p, name, tree)
+        out[name] = (tree, probs, counts)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ catalog
+def test_sky_is_deterministic_selected_and_on_the_patch():
+    sky = _default_params()["simulate"]["sky"]
+    a, b = sample_population(500, sky, 7), sample_population(500, sky, 7)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["ra"], sample_population(500, sky, 8)["ra"])
+    assert (a["mag_r"] < MAG_LIMIT).all() and (a["petro_r90_arcsec"] > R90_MIN_ARCSEC).all()
+    assert a["ra"].between(sky["ra_min"], sky["ra_max"]).all()
+    assert a["dec"].between(sky["dec_min"], sky["dec_max"]).all()
+    assert set(a["morphology"]) == {"smooth", "disk"}
+
+
+def test_catalogs_validate_with_ids_paths_and_truth(small_run: Path):
+    sky = pd.read_parquet(small_run / "sky.parquet")
+    for survey, pattern in (("sdss", re.compile(r"^1237\d{15}$")), ("decals", IAU)):
+        df = catalog.load(small_run / "cat" / f"{survey}.parquet")
+        tree = get_tree(_small_params()["simulate"]["surveys"][survey]["tree"])
+        assert len(df) > 50 and (df["tree"] == tree.name).all() and (df["survey"] == survey).all()
+        assert df["id_str"].is_unique
+        assert all(pattern.match(s) for s in df["id_str"])
+        assert (df["file_loc"] == [os.path.join("img", survey, f"{i}.png") for i in df["id_str"]]).all()
+        fp = _small_params()["simulate"]["surveys"][survey]
+        assert df["truth_ra"].between(fp["ra_min"], fp["ra_max"]).all()
+        assert df["truth_sky_id"].isin(sky["sky_id"]).all()
+        for q in tree.questions:
+            r = df[[catalog.rho_column(q.name, a) for a in q.answer_names]].to_numpy()
+            assert ((r >= 0) & (r <= 1)).all()
+            np.testing.assert_allclose(r.sum(axis=1), 1.0, atol=1e-9)
+        for col in ("truth_morphology", "truth_bar_strength", "truth_n_arms", "truth_redshift"):
+            assert col in df.columns
+    dec = catalog.load(small_run / "cat" / "decals.parquet")
+    # IAU names are built from the measured coordinates
+    assert all(iau_name(r, d) == i for r, d, i in zip(dec["ra"], dec["dec"], dec["id_str"], strict=True))
+    dra = (dec["ra"] - dec["truth_ra"]) * np.cos(np.radians(dec["dec"]))
+    sep = np.hypot(dra, dec["dec"] - dec["truth_dec"])
+    assert 0 < np.median(sep) * 3600 < 0.5
+
+
+def test_iau_name_format():
+    assert iau_name(150.0, 2.5) == "J100000.00+023000.0"
+    assert iau_name(10.6847, -41.26875) == "J004244.32-411607.5"
+    assert IAU.match(iau_name(359.99999, -0.00001))
+
+
+def test_images_are_rgb_of_the_configured_size(small_run: Path):
+    df = pd.read_parquet(small_run / "cat" / "sdss.parquet")
+    for loc in df["file_loc"]:
+        with Image.open(small_run / loc) as im:
+            assert im.size == (96, 96) and im.mode == "RGB"
+    with Image.open(small_run / df["file_loc"].iloc[0]) as im:
+        assert np.asarray(im).std() > 1  # not blank
+
+
+def test_same_seed_same_catalog_and_pngs_whatever_the_threads(small_run: Path, tmp_path: Path):
+    (tmp_path / "params.yaml").write_text((small_run / "params.yaml").read_text())
+    (tmp_path / "sky.parquet").write_bytes((small_run / "sky.parquet").read_bytes())
+    _survey(tmp_path, "sdss", str(tmp_path / "img"), str(tmp_path / "sdss.parquet"), threads=1)
+    a = pd.read_parquet(small_run / "cat" / "sdss.parquet").drop(columns="file_loc")
+    b = pd.read_parquet(tmp_path / "sdss.parquet").drop(columns="file_loc")
+    pd.testing.assert_frame_equal(a, b)
+    for i in a["id_str"]:  # threads 2 (fixture) vs 1 (here): identical bytes
+        two, one = small_run / "img" / "sdss" / f"{i}.png", tmp_path / "img" / f"{i}.png"
+        assert two.read_bytes() == one.read_bytes()
+
+
+def test_resume_rerenders_only_the_missing_image(small_run: Path, tmp_path: Path):
+    (tmp_path / "params.yaml").write_text((small_run / "params.yaml").read_text())
+    (tmp_path / "sky.parquet").write_bytes((small_run / "sky.parquet").read_bytes())
+    images = tmp_path / "img"
+    first = _survey(tmp_path, "decals", str(images), str(tmp_path / "d.parquet"))
+    pngs = sorted(images.glob("*.png"))
+    assert first["rendered"] == len(pngs) and first["skipped"] == 0
+    victim = pngs[3]
+    original = victim.read_bytes()
+    victim.unlink()
+    pngs[5].write_bytes(b"truncated")  # undecodable: must be re-rendered too
+    before = {p: p.stat().st_mtime_ns for p in pngs if p not in (victim, pngs[5])}
+    again = _survey(tmp_path, "decals", str(images), str(tmp_path / "d.parquet"), threads=2)
+    assert again == {"rendered": 2, "skipped": len(pngs) - 2}
+    assert victim.read_bytes() == original
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert not list(images.glob(".*"))  # no temporary files left behind
+
+
+def test_figure(small_run: Path):
+    out = small_run / "fig" / "examples.png"
+    cwd = os.getcwd()
+    os.chdir(small_run)
+    try:
+        _cli(["simulate", "figure", "--catalog", "cat/decals.parquet", "--out", str(out)])
+    finally:
+        os.chdir(cwd)
+    with Image.open(out) as im:
+        assert im.size[0] > 500 and im.size[1] > 500
+
+
+def test_real_cli_dispatches_simulate(tmp_path: Path):
+    from gzmorph import cli
+
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(_small_params(n=20)))
+    argv = ["simulate", "sky", "--params", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "s.parquet")]
+    assert cli.main(argv) == 0
+    assert len(pd.read_parquet(tmp_path / "s.parquet")) == 20
+
+
+# --------------------------------------------------------------------------------- vote statistics
+def test_smooth_or_featured_has_about_40_votes(stats):
+    for name in ("sdss", "decals"):
+        n = stats[name][2]["smooth-or-featured_total-votes"]
+        assert 38 <= np.median(n) <= 42
+        assert np.mean(n >= 36) >= 0.8
+        assert n.min() >= _default_params()["simulate"]["volunteers"]["fewer_min"]
+
+
+def test_gz2_bar_votes_are_about_10_and_spread_from_0_to_40(stats):
+    n_bar = stats["sdss"][2]["bar_total-votes"]
+    assert 6 <= n_bar.mean() <= 14
+    assert n_bar.max() >= 30
+    assert np.mean(n_bar == 0) >= 0.05
+
+
+def test_smooth_fraction_is_bimodal(stats):
+    for name in ("sdss", "decals"):
+        c = stats[name][2]
+        frac = c["smooth-or-featured_smooth"] / c["smooth-or-featured_total-votes"]
+        h, _ = np.histogram(frac, bins=10, range=(0, 1))
+        assert np.mean(frac <= 0.3) > 0.15 and np.mean(frac >= 0.6) > 0.15
+        # a dip in the middle well below both peaks
+        assert h[3:7].min() < 0.6 * min(h[:3].max(), h[7:].max()), h
+
+
+def test_barred_galaxies_are_a_minority(stats):
+    _, _, c = stats["sdss"]
+    n = c["bar_total-votes"]
+    well = n >= 10
+    assert well.sum() > 500
+    assert np.mean(c["bar_yes"][well] / n[well] > 0.5) < 0.5
+    assert stats["pop"]["barred"].mean() < 0.5
+    # ... but bars are seen: strongly barred face-on disks get more bar votes than unbarred ones
+    pop = stats["pop"]
+    frac = np.where(n > 0, c["bar_yes"] / np.maximum(n, 1), np.nan)
+    face = pop["inclination_deg"] < 50
+    strong = np.nanmean(frac[well & face & (pop["bar_strength"] > 0.6)])
+    assert strong > np.nanmean(frac[well & face & ~pop["barred"]]) + 0.2
+
+
+def test_deeper_sharper_decals_sees_more_featured_galaxies(stats):
+    f = {}
+    for name in ("sdss", "decals"):
+        c = stats[name][2]
+        f[name] = c["smooth-or-featured_featured-or-disk"] / c["smooth-or-featured_total-votes"]
+        assert np.mean(stats[name][1]["smooth-or-featured"][:, 1]) > 0.2
+    diff = f["decals"] - f["sdss"]  # paired: same galaxies
+    assert diff.mean() > 3 * diff.std() / np.sqrt(len(diff))
+    rho_featured = {s: stats[s][1]["smooth-or-featured"][:, 1].mean() for s in ("sdss", "decals")}
+    assert rho_featured["decals"] > rho_featured["sdss"]
+
+
+def test_truth_rho_is_a_distribution_per_question(stats):
+    for name in ("sdss", "decals"):
+        tree, probs, _ = stats[name]
+        for q in tree.questions:
+            p = probs[q.name]
+            assert p.shape == (N_STATS, len(q.answers))
+            assert ((p >= 0) & (p <= 1)).all()
+            np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_tree_walk_asks_exactly_the_dependent_questions(stats):
+    _, _, c = stats["sdss"]
+    np.testing.assert_array_equal(c["disk-edge-on_total-votes"], c["smooth-or-featured_featured-or-disk"])
+    np.testing.assert_array_equal(c["bar_total-votes"], c["disk-edge-on_no"])
+    np.testing.assert_array_equal(c["how-rounded_total-votes"], c["smooth-or-featured_smooth"])
+    np.testing.assert_array_equal(c["something-odd_total-votes"],
+                                  c["smooth-or-featured_smooth"] + c["smooth-or-featured_featured-or-disk"])
+    np.testing.assert_array_equal(c["odd-feature_total-votes"], c["something-odd_yes"])
+    _, _, d = stats["decals"]
+    # merging is always asked
+    np.testing.assert_array_equal(d["merging_total-votes"], d["smooth-or-featured_total-votes"])
+    np.testing.assert_array_equal(d["spiral-winding_total-votes"], d["has-spiral-arms_yes"])
+
+
+def _dispersion(vol: dict, pop: pd.DataFrame, p: dict) -> float:
+    """sum (k - N rho)^2 / sum N rho (1 - rho) for 'smooth': 1 for binomial counts."""
+    tree = get_tree("gz2")
+    probs = rho(pop, p["simulate"]["surveys"]["sdss"], tree)
+    rng = rng_for(1, "dispersion")
+    n = classifications_per_galaxy(len(pop), vol, rng)
+    c = vote_counts(probs, tree, n, vol, rng)
+    r = probs["smooth-or-featured"][:, 0]
+    k = c["smooth-or-featured_smooth"]
+    return float(np.sum((k - n * r) ** 2) / np.sum(n * r * (1 - r)))
+
+
+def test_crowd_offset_overdisperses_counts_vs_binomial(stats):
+    p = _default_params()
+    vol = p["simulate"]["volunteers"]
+    pure = _dispersion({**vol, "bias_sigma": 0.0, "crowd_sigma": 0.0}, stats["pop"], p)
+    assert 0.9 < pure < 1.1
+    assert _dispersion(vol, stats["pop"], p) > 1.2
