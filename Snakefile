@@ -20,12 +20,15 @@ except ConfigError as exc:
 # The CLI re-reads the same files Snakemake merged, in the same order.
 PARAMS_ARGS = " ".join(f"--params {f}" for f in (workflow.configfiles or ["params.yaml"]))
 SURVEYS = list(config["simulate"]["surveys"])
+QUESTIONS = list(config["train"]["questions"])
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/crossmatch.smk"
 include: "workflow/rules/shards.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:
@@ -35,3 +38,4 @@ rule all:
         expand("results/simulate/{survey}_examples.png", survey=SURVEYS),
         "results/crossmatch/stats.json",
         "results/crossmatch/sky.png",
+        expand("results/predictions/{question}.parquet", question=QUESTIONS),

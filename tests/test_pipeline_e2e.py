@@ -53,6 +53,12 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert n_sharded + len(quarantine) == len(df)
         assert manifest["resolution"] == params["shards"]["resolution"]
         assert (workdir / f"results/simulate/{survey}_examples.png").stat().st_size > 10_000
+    for question in params["train"]["questions"]:
+        history = pd.read_csv(workdir / f"results/training/{question}/history.csv")
+        assert len(history) >= 1 and {"loss", "val_loss"} <= set(history.columns)
+        predictions = pd.read_parquet(workdir / f"results/predictions/{question}.parquet")
+        assert list(predictions.columns) == ["id_str", "votes", "total_votes", "rho", "rho_point"]
+        assert (predictions["rho"].map(len) == params["predict"]["passes"]).all()
     stats = json.loads((workdir / "results/crossmatch/stats.json").read_text())
     assert stats["matched"] > 0
     assert stats["separation_arcsec"]["max"] <= params["crossmatch"]["radius_arcsec"]
@@ -109,13 +115,20 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
     assert {"simulate_sky", "crossmatch"} | {f"shards@{s}" for s in surveys} <= stages_run(first)
     check_outputs(work, merged)
 
+    questions = list(merged["train"]["questions"])
+    trained = {f"{stage}@{q}" for stage in ("train", "predict") for q in questions}
     set_param(work / "params.yaml", "shards.shard_size", 5)
-    assert stages_run(run([dvc, "repro"], work)) == {f"shards@{s}" for s in surveys}
+    assert stages_run(run([dvc, "repro"], work)) == {f"shards@{s}" for s in surveys} | trained
     manifest = json.loads((work / f"data/shards/{surveys[0]}/manifest.json").read_text())
     assert manifest["shard_size"] == 5
 
     set_param(work / "params.yaml", "crossmatch.radius_arcsec", 0.5)
     assert stages_run(run([dvc, "repro"], work)) == {"crossmatch"}
+
+    set_param(work / "params.yaml", "train.questions.bar.crop_zoom", [1.6, 1.8])
+    assert stages_run(run([dvc, "repro"], work)) == {"train@bar", "predict@bar"}
+    set_param(work / "params.yaml", "predict.passes", 2)
+    assert stages_run(run([dvc, "repro"], work)) == {f"predict@{q}" for q in questions}
     assert "Data and pipelines are up to date" in run([dvc, "status"], work)
 
     # push to a local remote, wipe the workspace and cache, pull: identical files

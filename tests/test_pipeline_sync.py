@@ -71,18 +71,22 @@ def test_each_stage_is_the_rule_of_the_same_name(both):
 def test_same_settings_per_step(both):
     _, smk_keys, stages = both
     for base, key, _, dvc_params in stages:
-        expected = sorted(k.replace("{survey}", key or "") for k in smk_keys[base])
+        expected = sorted(k.replace("{survey}", key or "").replace("{question}", key or "") for k in smk_keys[base])
         assert sorted(dvc_params) == expected, f"settings of {base}@{key}: dvc {dvc_params}, Snakefile {expected}"
 
 
 def test_settings_keys_exist(both):
     _, smk_keys, _ = both
     params = config.load(ROOT / "params.yaml")
-    surveys = list(params["simulate"]["surveys"])
+    wildcards = {"{survey}": list(params["simulate"]["surveys"]), "{question}": list(params["train"]["questions"])}
     for keys in smk_keys.values():
         for k in keys:
-            for s in surveys:
-                config.select(params, [k.replace("{survey}", s)])  # raises if the key does not exist
+            values = next((v for w, v in wildcards.items() if w in k), [None])
+            for value in values:
+                key = k
+                for w in wildcards:
+                    key = key.replace(w, value or "")
+                config.select(params, [key])  # raises if the key does not exist
 
 
 def test_every_rule_has_log_benchmark_threads_resources():

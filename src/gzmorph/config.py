@@ -76,6 +76,24 @@ def _semantic_checks(params: dict[str, Any]) -> list[str]:
             problems.append(f"crossmatch.{side}: {xm[side]!r} is not a survey; surveys: {', '.join(sim['surveys'])}")
     if xm["left"] == xm["right"]:
         problems.append("crossmatch: left and right must be different surveys")
+    train = params["train"]
+    if train["survey"] not in sim["surveys"]:
+        problems.append(f"train.survey: {train['survey']!r} is not a survey; surveys: {', '.join(sim['surveys'])}")
+    else:
+        from gzmorph.tree import get_tree
+
+        tree = get_tree(sim["surveys"][train["survey"]]["tree"])
+        for question, spec in train["questions"].items():
+            where = f"train.questions.{question}"
+            if question not in tree.question_names:
+                problems.append(f"{where}: no such question in the {tree.name} tree; questions: "
+                                f"{', '.join(tree.question_names)}")
+            elif spec["answer"] not in tree.question(question).answer_names:
+                problems.append(f"{where}.answer: {spec['answer']!r} is not an answer; answers: "
+                                f"{', '.join(tree.question(question).answer_names)}")
+            low, high = spec["crop_zoom"]
+            if low > high:
+                problems.append(f"{where}.crop_zoom: low {low:g} is above high {high:g}")
     vol = sim["volunteers"]
     if vol["fewer_min"] > vol["per_galaxy"]:
         problems.append("simulate.volunteers: fewer_min must not exceed per_galaxy")

@@ -1,0 +1,29 @@
+# Bayesian CNN per question: binomial likelihood of vote counts, early stopping on validation loss.
+
+
+rule train:
+    input:
+        shards=f"data/shards/{config['train']['survey']}",
+    output:
+        model="data/models/{question}.keras",
+        history="results/training/{question}/history.csv",
+        figure="results/training/{question}/loss.png",
+    params:
+        settings=P("seed", "train.survey", "train.questions.{question}", "train.input_size", "train.batch_size",
+                   "train.max_epochs", "train.patience", "train.learning_rate", "train.dropout_rate",
+                   "train.mixed_precision"),
+        args=PARAMS_ARGS,
+    log:
+        "logs/train_{question}.log",
+    benchmark:
+        "benchmarks/train_{question}.tsv"
+    threads: ALL_CORES
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    conda:
+        "../../environment.yml"
+    shell:
+        "gzmorph train {params.args} --question {wildcards.question} --shards {input.shards}"
+        " --model {output.model} --history {output.history} --figure {output.figure}"
+        " --threads {threads} > {log} 2>&1"
