@@ -1,0 +1,310 @@
+"""TFRecord shards: TensorFlow-parsable examples, determinism, quarantine, round trip, workers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from _fake_catalog import BAD_KINDS, add_bad_images, loaded_modules, make_catalog
+from PIL import Image
+
+from gzmorph import shards, split
+from gzmorph.catalog import CatalogError
+from gzmorph.tree import GZ2
+
+RES = 16
+SHARD_SIZE = 7
+FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
+SEED = 42
+
+tf = pytest.importorskip("tensorflow")
+
+
+def _write(df: pd.DataFrame, out: Path, threads: int = 1) -> dict:
+    return shards.write_shards(df, out, tree=GZ2, resolution=RES, shard_size=SHARD_SIZE, fractions=FRACTIONS,
+                               seed=SEED, threads=threads, progress=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    df = make_catalog(root, 60, image_size=48)
+    df, kinds = add_bad_images(root, df)
+    _write(df, root / "t1", threads=1)
+    _write(df, root / "t2", threads=2)
+    return root, df, kinds
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+# ----------------------------------------------------------------- encoding and decoding
+
+
+def test_example_parses_in_tf():
+    pixels = bytes(range(256)) * 3
+    cols = GZ2.vote_columns[:4]
+    ex = tf.train.Example.FromString(shards.galaxy_example(pixels, 16, "J1+2", cols, [0, 5, 2**40, -3]))
+    f = ex.features.feature
+    assert f["image"].bytes_list.value == [pixels]
+    assert list(f["image_shape"].int64_list.value) == [16, 16, 3]
+    assert f["id_str"].bytes_list.value == [b"J1+2"]
+    assert [f[c].int64_list.value[0] for c in cols] == [0, 5, 2**40, -3]
+
+
+def test_load_image_jpeg_and_grey(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=95)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "g.png")
+    assert len(shards.load_image(tmp_path / "a.jpg", 32)) == 32 * 32 * 3
+    grey = np.frombuffer(shards.load_image(tmp_path / "g.png", 32), np.uint8).reshape(32, 32, 3)
+    assert (grey[..., 0] == grey[..., 2]).all()
+
+
+def test_ordered_decoder_keeps_row_order_and_a_bounded_window(tmp_path):
+    df = make_catalog(tmp_path, 30, image_size=32)
+    df, kinds = add_bad_images(tmp_path, df)
+    rows = list(zip(df["id_str"], df["file_loc"], strict=True))
+    with shards.OrderedDecoder(rows, RES, threads=1) as dec:
+        serial = list(dec)
+    parallel = []
+    with shards.OrderedDecoder(rows, RES, threads=2, chunk=3, window=4) as dec:
+        for item in dec:
+            assert len(dec._pending) <= 4  # never more than `window` chunks decoded or in flight
+            parallel.append(item)
+    assert parallel == serial
+    assert [i for i, _, _ in serial] == list(df["id_str"])
+    assert {i for i, pixels, _ in serial if pixels is None} == set(kinds)
+    assert all(len(p) == RES * RES * 3 and r is None for i, p, r in serial if i not in kinds)
+
+
+def test_workers_never_import_tensorflow(tmp_path):
+    df = make_catalog(tmp_path, 3, image_size=32)
+    rows = list(zip(df["id_str"], df["file_loc"], strict=True))
+    with shards.new_pool(1) as pool:
+        assert len(pool.submit(shards.decode_chunk, RES, rows).result()) == 3
+        modules = pool.submit(loaded_modules).result()  # the same (single) worker
+    assert "gzmorph.shards" in modules and "PIL.Image" in modules
+    assert not [m for m in modules if m.split(".")[0] in ("tensorflow", "keras")]
+
+
+# ----------------------------------------------------------------- the stage
+
+
+def test_threads_give_byte_identical_output(built):
+    root, _, _ = built
+    one, two = _files(root / "t1"), _files(root / "t2")
+    assert one.keys() == two.keys()
+    assert all(one[k] == two[k] for k in one), [k for k in one if one[k] != two[k]]
+
+
+def test_outputs_and_no_temp_files(built):
+    root, df, _ = built
+    names = sorted(p.name for p in (root / "t1").iterdir())
+    assert "manifest.json" in names and "quarantine.parquet" in names
+    assert not [n for n in names if n.startswith(".")]
+    manifest = shards.read_manifest(root / "t1")
+    assert manifest["tree"] == "gz2" and manifest["resolution"] == RES and manifest["channels"] == 3
+    assert manifest["columns"] == list(GZ2.vote_columns)
+    assert manifest["seed"] == SEED and manifest["split_fractions"] == FRACTIONS
+    listed = [s["file"] for sp in manifest["splits"].values() for s in sp["shards"]]
+    assert sorted(listed) == sorted(n for n in names if n.endswith(".tfrecord"))
+    assert manifest["shard_size"] == SHARD_SIZE
+    for sp in manifest["splits"].values():
+        assert sp["files"] == [s["file"] for s in sp["shards"]]
+        assert sp["n_galaxies"] == sum(s["n_galaxies"] for s in sp["shards"])
+        assert all(s["n_galaxies"] <= SHARD_SIZE for s in sp["shards"])
+    assert manifest["n_galaxies"] + manifest["n_quarantined"] == len(df)
+
+
+def test_quarantine_lists_every_bad_image_with_reason(built):
+    root, df, kinds = built
+    q = pd.read_parquet(root / "t1" / "quarantine.parquet")
+    assert list(q.columns) == ["id_str", "file_loc", "reason"]
+    assert sorted(q["id_str"]) == sorted(kinds)
+    reason = dict(zip(q["id_str"], q["reason"], strict=True))
+    expect = {"missing": "not found", "empty": "empty", "text": "not a PNG", "bomb": "bomb",
+              "mode16": "mode", "corrupt": "corrupt", "truncated": "truncated"}
+    assert set(expect) == set(BAD_KINDS)
+    for id_str, kind in kinds.items():
+        assert expect[kind] in reason[id_str], (kind, reason[id_str])
+
+
+def _read_split(out: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    images, counts, ids = [], [], []
+    for image, vote_counts, id_str in shards.make_dataset(out, name, batch_size=16, with_ids=True,
+                                                           counts_dtype="int32"):
+        assert image.dtype == tf.uint8 and vote_counts.dtype == tf.int32
+        images.append(image.numpy())
+        counts.append(vote_counts.numpy())
+        ids += [i.decode() for i in id_str.numpy()]
+    if not ids:
+        return np.zeros((0, RES, RES, 3), np.uint8), np.zeros((0, len(GZ2.vote_columns))), []
+    return np.concatenate(images), np.concatenate(counts), ids
+
+
+def test_round_trip_pixels_counts_and_ids(built):
+    root, df, kinds = built
+    by_id = df.set_index("id_str")
+    expected_split = dict(zip(df["id_str"], split.assign(df["id_str"], SEED, FRACTIONS), strict=True))
+    seen: list[str] = []
+    for name in split.SPLITS:
+        images, counts, ids = _read_split(root / "t1", name)
+        assert images.shape[1:] == (RES, RES, 3)
+        for image, vote_counts, id_str in zip(images, counts, ids, strict=True):
+            assert expected_split[id_str] == name
+            src = Image.open(by_id.loc[id_str, "file_loc"]).convert("RGB")
+            want = np.asarray(src.resize((RES, RES), Image.Resampling.LANCZOS))
+            np.testing.assert_array_equal(image, want)
+            np.testing.assert_array_equal(vote_counts, by_id.loc[id_str, list(GZ2.vote_columns)].to_numpy())
+        seen += ids
+    assert len(seen) == len(set(seen))  # no duplicates
+    assert len(seen) + len(kinds) == len(df)
+    assert set(seen) | set(kinds) == set(df["id_str"])
+
+
+def test_shards_sorted_by_id_within_split(built):
+    root, _, _ = built
+    manifest = shards.read_manifest(root / "t1")
+    spec = {"id_str": tf.io.FixedLenFeature([], tf.string)}
+    for name in split.SPLITS:
+        ids = []
+        for f in shards.shard_files(root / "t1", name, manifest):  # one file at a time, in order
+            ids += [tf.io.parse_single_example(r, spec)["id_str"].numpy().decode()
+                    for r in tf.data.TFRecordDataset(f)]
+        assert ids == sorted(ids)
+
+
+def test_column_subset_float_and_shuffle(built):
+    root, df, _ = built
+    cols = [GZ2.question("bar").column("yes"), GZ2.question("smooth-or-featured").total_column]
+    batches = list(shards.make_dataset(root / "t1", "train", columns=cols, batch_size=5, shuffle=True, seed=1,
+                                       with_ids=True))
+    image, counts, ids = batches[0]
+    assert counts.dtype == tf.float32 and counts.shape[1] == 2 and image.shape[1:] == (RES, RES, 3)
+    by_id = df.set_index("id_str")
+    want = by_id.loc[[i.decode() for i in ids.numpy()], cols].to_numpy()
+    np.testing.assert_array_equal(counts.numpy(), want)
+    with pytest.raises(KeyError):
+        shards.make_dataset(root / "t1", "train", columns=["no-such-column"])
+    x, y = next(iter(shards.make_dataset(root / "t1", "val", batch_size=4, repeat=True)))
+    assert y.shape == (4, len(GZ2.vote_columns))
+
+
+def test_rerun_cleans_stale_temp_files_and_shards(tmp_path):
+    df = make_catalog(tmp_path, 12, image_size=32)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".train-00000.tfrecord.abc123.tfrecord", out / ".manifest.json.x1.json",
+             out / "train-00099.tfrecord"]
+    for p in stale:
+        p.write_bytes(b"junk")
+    _write(df, out)
+    first = _files(out)
+    assert not any(p.exists() for p in stale)
+    _write(df, out)  # idempotent
+    assert _files(out) == first
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_failed_shard_leaves_no_partial_file(tmp_path, monkeypatch, threads):
+    df = make_catalog(tmp_path, 12, image_size=32)
+    calls = []
+    real = shards.galaxy_example
+
+    def fail_on_third(*args):
+        calls.append(1)
+        if len(calls) == 3:  # mid-shard: the temp file already holds records
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(shards, "galaxy_example", fail_on_third)
+    with pytest.raises(OSError, match="disk full"):
+        _write(df, tmp_path / "out", threads=threads)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []
+
+
+def test_empty_split_reads_as_empty(tmp_path):
+    df = make_catalog(tmp_path, 3, image_size=32)
+    shards.write_shards(df, tmp_path / "out", tree=GZ2, resolution=RES, shard_size=2, seed=SEED,
+                        fractions={"train": 1.0, "val": 0.0, "test": 0.0}, progress=False)
+    val = shards.read_manifest(tmp_path / "out")["splits"]["val"]
+    assert val == {"n_galaxies": 0, "n_shards": 0, "files": [], "shards": []}
+    assert list(shards.make_dataset(tmp_path / "out", "val")) == []
+
+
+# ----------------------------------------------------------------- command line
+
+
+def _params(tmp_path: Path) -> Path:
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["shards"].update(resolution=RES, shard_size=4)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    shards.register(parser.add_subparsers(dest="stage"))
+    args = parser.parse_args(["shards", "--no-progress", *argv])
+    args.func(args)
+
+
+def test_cli_writes_shards(tmp_path):
+    df = make_catalog(tmp_path, 10, image_size=32)
+    df.to_parquet(tmp_path / "cat.parquet")
+    _cli(["--params", str(_params(tmp_path)), "--catalog", str(tmp_path / "cat.parquet"),
+          "--out", str(tmp_path / "out"), "--threads", "1"])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["n_galaxies"] == 10 and manifest["shard_size"] == 4
+
+
+def test_cli_merges_repeated_params_and_threads_0_means_all_cores(tmp_path):
+    df = make_catalog(tmp_path, 10, image_size=32)
+    df.to_parquet(tmp_path / "cat.parquet")
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"shards": {"shard_size": 3}, "seed": 7}))
+    _cli(["--params", str(_params(tmp_path)), "--params", str(override), "--catalog", str(tmp_path / "cat.parquet"),
+          "--out", str(tmp_path / "out"), "--threads", "0"])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["shard_size"] == 3 and manifest["seed"] == 7 and manifest["resolution"] == RES
+    assert manifest["n_galaxies"] == 10
+
+
+def test_cli_missing_catalog_is_one_clear_line(tmp_path):
+    with pytest.raises(CatalogError, match="nope.parquet: no such catalog file"):
+        _cli(["--params", str(_params(tmp_path)), "--catalog", str(tmp_path / "nope.parquet"),
+              "--out", str(tmp_path / "out")])
+
+
+def test_cli_invalid_catalog_names_column_and_row(tmp_path):
+    df = make_catalog(tmp_path, 10, image_size=32)
+    col = GZ2.question("bar").total_column
+    df.loc[3, col] += 1
+    df.to_parquet(tmp_path / "cat.parquet")
+    with pytest.raises(CatalogError) as err:
+        _cli(["--params", str(_params(tmp_path)), "--catalog", str(tmp_path / "cat.parquet"),
+              "--out", str(tmp_path / "out")])
+    msg = str(err.value)
+    assert "cat.parquet" in msg and col in msg and "row 3" in msg and "\n" not in msg
+
+
+def test_gzmorph_main_reports_error_exit_2(tmp_path, capsys):
+    from gzmorph import cli
+
+    try:
+        cli.build_parser()
+    except ImportError as exc:  # other stages are written in parallel
+        pytest.skip(f"gzmorph CLI not complete yet: {exc}")
+    rc = cli.main(["shards", "--params", str(_params(tmp_path)), "--catalog", str(tmp_path / "nope.parquet"),
+                   "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "no such catalog file" in capsys.readouterr().err
