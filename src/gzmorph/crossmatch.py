@@ -105,7 +105,8 @@ def sky_plot(left_df: pd.DataFrame, right_df: pd.DataFrame, matched: pd.DataFram
     ax.set_ylabel("Dec (deg)")
     ax.invert_xaxis()  # RA grows to the east, shown to the left as on the sky
     ax.set_title(f"Cross-match of {left} and {right}")
-    ax.legend(loc="upper right", fontsize=8, markerscale=2)
+    # below the axes: a survey patch has no empty corner to put a legend in
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, markerscale=2, frameon=False)
     io.save_figure(fig, out, dpi=120)
 
 
