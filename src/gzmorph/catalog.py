@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gzmorph.config import UserError
 from gzmorph.tree import DecisionTree, get_tree
 
 BASE_COLUMNS = ("id_str", "ra", "dec", "survey", "tree", "file_loc")
 TRUTH_PREFIX = "truth_"
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError):
     """A catalog breaks the canonical format; the message names file, column and row."""
 
 

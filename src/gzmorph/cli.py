@@ -3,7 +3,7 @@
 Each stage module exposes ``register(subparsers)``, which adds its sub-command
 and sets ``func`` to a callable taking the parsed arguments.  Only the stage
 being run is imported, so a quick stage never pays for TensorFlow's import.
-Errors a person can fix (bad params, bad catalog) print one line and exit 2.
+Errors a person can fix (bad params, bad catalog, missing input) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import logging
 import sys
 
 from gzmorph import __version__
-from gzmorph.catalog import CatalogError
-from gzmorph.config import ConfigError
+from gzmorph.config import UserError
 
 STAGES = {
     "simulate": "simulated surveys: sky truth, survey images and volunteer votes, example figure",
@@ -51,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (ConfigError, CatalogError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"gzmorph {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # unknown question/answer/column: the message names it and what exists
+        print(f"gzmorph {args.stage}: error: {exc.args[0]}", file=sys.stderr)
         return 2
     return 0
 

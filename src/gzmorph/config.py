@@ -16,7 +16,11 @@ import jsonschema
 import yaml
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem the person running gzmorph can fix; the CLI prints its one-line message and exits 2."""
+
+
+class ConfigError(UserError):
     """params.yaml is not valid; the message is meant for a person."""
 
 
