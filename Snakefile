@@ -2,7 +2,9 @@
 # Run:  snakemake --cores 8 --resources gpu=1     (dry run: -n; rule graph: --rulegraph)
 # All settings live in params.yaml (or files given with --configfile), validated on load.
 
-from gzmorph.config import ConfigError, validate
+import os
+
+from gzmorph.config import ConfigError, validate, write_resolved
 
 from snakemake.utils import min_version
 
@@ -13,12 +15,19 @@ configfile: "params.yaml"
 
 
 try:
-    validate(config, source=", ".join(workflow.configfiles) or "config")
+    validate(config, source=", ".join(map(str, workflow.configfiles)) or "config")
 except ConfigError as exc:
     raise WorkflowError(f"invalid configuration:\n{exc}") from None
 
-# The CLI re-reads the same files Snakemake merged, in the same order.
-PARAMS_ARGS = " ".join(f"--params {f}" for f in (workflow.configfiles or ["params.yaml"]))
+# The stage CLIs merge the same settings Snakemake did, in its order of precedence: params.yaml, then
+# --configfile files, then --config overrides (saved to a content-addressed file). Rules also name the
+# settings they depend on in `params` (see P in common.smk), so a change reruns only what depends on it.
+PARAMS_FILES = ["params.yaml"] + [
+    os.path.relpath(f) for f in workflow.configfiles if os.path.relpath(f) != "params.yaml"
+]
+if workflow.config_settings.config:
+    PARAMS_FILES.append(str(write_resolved(dict(workflow.config_settings.config), ".snakemake/gzmorph")))
+PARAMS_ARGS = " ".join(f"--params {f}" for f in PARAMS_FILES)
 SURVEYS = list(config["simulate"]["surveys"])
 QUESTIONS = list(config["train"]["questions"])
 

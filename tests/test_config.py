@@ -80,3 +80,13 @@ def test_select_returns_dotted_keys(params):
     assert got == {"seed": params["seed"], "simulate.sky.ra_min": params["simulate"]["sky"]["ra_min"]}
     with pytest.raises(config.ConfigError, match="no setting 'simulate.nope'"):
         config.select(params, ["simulate.nope"])
+
+
+def test_write_resolved_is_content_addressed(tmp_path):
+    a = config.write_resolved({"seed": 3, "shards": {"shard_size": 5}}, tmp_path)
+    b = config.write_resolved({"shards": {"shard_size": 5}, "seed": 3}, tmp_path)
+    c = config.write_resolved({"seed": 4}, tmp_path)
+    assert a == b != c
+    assert yaml.safe_load(a.read_text()) == {"seed": 3, "shards": {"shard_size": 5}}
+    merged = config.load([ROOT / "params.yaml", a])
+    assert merged["seed"] == 3 and merged["shards"]["shard_size"] == 5

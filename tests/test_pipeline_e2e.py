@@ -18,10 +18,11 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "data" / "params_tiny.yaml"
-PROJECT_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore")
+PROJECT_FILES = ("Snakefile", "dvc.yaml", "params.yaml", "environment.yml", "workflow", "src", ".dvcignore")
 
 
 def copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
@@ -35,7 +36,9 @@ def run(cmd: list[str], cwd: Path) -> str:
     env_path = f"{BIN}:{__import__('os').environ.get('PATH', '')}"
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
                          env={**__import__("os").environ, "PATH": env_path})
-    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    if res.returncode != 0:
+        logs = "".join(f"--- {f}\n{f.read_text()[-2000:]}" for f in sorted((cwd / "logs").glob("*.log")))
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}\n{logs}")
     return res.stdout + res.stderr
 
 

@@ -204,3 +204,21 @@ def add_threads_argument(parser: Any, what: str = "work") -> None:
         "--threads", type=_threads, default="0",
         help=f"worker processes for {what} (default 0: all available cores; Snakemake passes its own)",
     )
+
+
+def write_resolved(params: dict[str, Any], directory: str | os.PathLike[str]) -> Path:
+    """Write settings to ``<directory>/params-<digest>.yaml`` and return its path.
+
+    Snakemake's ``--config key=value`` overrides exist only in memory; the stage CLIs read them
+    from this file.  The name is content-addressed, so equal settings give the same path (and
+    the same rule params, so no spurious reruns) and nothing is written twice.
+    """
+    import hashlib
+
+    from gzmorph import io
+
+    text = yaml.safe_dump(params, sort_keys=True)
+    path = Path(directory) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.exists():
+        io.write_text(path, text)
+    return path
