@@ -14,6 +14,9 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 try:
     validate(config, source=", ".join(map(str, workflow.configfiles)) or "config")
 except ConfigError as exc:
@@ -38,6 +41,7 @@ include: "workflow/rules/crossmatch.smk"
 include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -48,3 +52,5 @@ rule all:
         "results/crossmatch/stats.json",
         "results/crossmatch/sky.png",
         expand("results/predictions/{question}.parquet", question=QUESTIONS),
+        expand("results/calibration/{question}.csv", question=QUESTIONS),
+        "results/metrics.json",

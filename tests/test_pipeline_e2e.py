@@ -62,6 +62,12 @@ def check_outputs(workdir: Path, params: dict) -> None:
         predictions = pd.read_parquet(workdir / f"results/predictions/{question}.parquet")
         assert list(predictions.columns) == ["id_str", "votes", "total_votes", "rho", "rho_point"]
         assert (predictions["rho"].map(len) == params["predict"]["passes"]).all()
+        calibration = pd.read_csv(workdir / f"results/calibration/{question}.csv")
+        assert list(calibration.columns) == ["epsilon", "expected_mc", "actual_mc", "coverage_error_mc",
+                                             "expected_single", "actual_single", "coverage_error_single"]
+        assert {0.02, 0.05, 0.1, 0.2} <= set(calibration["epsilon"].round(4))
+    metrics = json.loads((workdir / "results/metrics.json").read_text())
+    assert set(metrics) == set(params["train"]["questions"])
     stats = json.loads((workdir / "results/crossmatch/stats.json").read_text())
     assert stats["matched"] > 0
     assert stats["separation_arcsec"]["max"] <= params["crossmatch"]["radius_arcsec"]
@@ -119,7 +125,7 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
     check_outputs(work, merged)
 
     questions = list(merged["train"]["questions"])
-    trained = {f"{stage}@{q}" for stage in ("train", "predict") for q in questions}
+    trained = {f"{stage}@{q}" for stage in ("train", "predict", "evaluate") for q in questions} | {"metrics"}
     set_param(work / "params.yaml", "shards.shard_size", 5)
     assert stages_run(run([dvc, "repro"], work)) == {f"shards@{s}" for s in surveys} | trained
     manifest = json.loads((work / f"data/shards/{surveys[0]}/manifest.json").read_text())
@@ -129,9 +135,12 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
     assert stages_run(run([dvc, "repro"], work)) == {"crossmatch"}
 
     set_param(work / "params.yaml", "train.questions.bar.crop_zoom", [1.6, 1.8])
-    assert stages_run(run([dvc, "repro"], work)) == {"train@bar", "predict@bar"}
+    assert stages_run(run([dvc, "repro"], work)) == {"train@bar", "predict@bar", "evaluate@bar", "metrics"}
     set_param(work / "params.yaml", "predict.passes", 2)
-    assert stages_run(run([dvc, "repro"], work)) == {f"predict@{q}" for q in questions}
+    assert stages_run(run([dvc, "repro"], work)) == {f"{s}@{q}" for s in ("predict", "evaluate") for q in questions} | {
+        "metrics"}
+    shown = json.loads(run([dvc, "metrics", "show", "--json"], work).strip().splitlines()[-1])
+    assert set(next(iter(shown.values()))["data"]["results/metrics.json"]["data"]) == set(questions)
     assert "Data and pipelines are up to date" in run([dvc, "status"], work)
 
     # push to a local remote, wipe the workspace and cache, pull: identical files

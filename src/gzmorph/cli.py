@@ -22,6 +22,8 @@ STAGES = {
     "shards": "7:2:1 split and TFRecord shards of a survey",
     "train": "train the Bayesian CNN for one question",
     "predict": "MC-dropout posteriors on the test split",
+    "evaluate": "calibration, metrics and figures of one question's posteriors",
+    "metrics": "gather per-question metrics into results/metrics.json",
     "validate": "validate params files and catalogs",
 }
 

@@ -1,0 +1,62 @@
+# Calibration (paper eqs. 11-13), point metrics and the paper's figures per question; one metrics file.
+
+
+rule evaluate:
+    input:
+        predictions="results/predictions/{question}.parquet",
+        catalog=f"data/catalogs/{config['train']['survey']}.parquet",
+        shards=f"data/shards/{config['train']['survey']}",
+        model="data/models/{question}.keras",
+    output:
+        calibration=report("results/calibration/{question}.csv", caption="../report/calibration_table.rst",
+                           category="Calibration", subcategory="{question}"),
+        metrics="results/evaluation/{question}/metrics.json",
+        confusion_table="results/evaluation/{question}/confusion.csv",
+        calibration_figure=report("results/evaluation/{question}/calibration.png",
+                                  caption="../report/calibration.rst", category="Calibration",
+                                  subcategory="{question}"),
+        confusion_figure=report("results/evaluation/{question}/confusion.png", caption="../report/confusion.rst",
+                                category="Point estimates", subcategory="{question}"),
+        roc_figure=report("results/evaluation/{question}/roc.png", caption="../report/roc.rst",
+                          category="Point estimates", subcategory="{question}"),
+        distributions_figure=report("results/evaluation/{question}/distributions.png",
+                                    caption="../report/distributions.rst", category="Point estimates",
+                                    subcategory="{question}"),
+        posteriors_figure=report("results/evaluation/{question}/posteriors.png",
+                                 caption="../report/posteriors.rst", category="Posteriors",
+                                 subcategory="{question}"),
+    params:
+        settings=P("train.questions.{question}"),
+        args=PARAMS_ARGS,
+    log:
+        "logs/evaluate_{question}.log",
+    benchmark:
+        "benchmarks/evaluate_{question}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+    conda:
+        "../../environment.yml"
+    shell:
+        "gzmorph evaluate {params.args} --question {wildcards.question} --predictions {input.predictions}"
+        " --catalog {input.catalog} --shards {input.shards} --model {input.model}"
+        " --out-dir results/evaluation/{wildcards.question} --calibration {output.calibration}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        expand("results/evaluation/{question}/metrics.json", question=QUESTIONS),
+    output:
+        "results/metrics.json",
+    log:
+        "logs/metrics.log",
+    benchmark:
+        "benchmarks/metrics.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+    conda:
+        "../../environment.yml"
+    shell:
+        "gzmorph metrics {input} --out {output} > {log} 2>&1"
