@@ -141,6 +141,8 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
         "metrics"}
     shown = json.loads(run([dvc, "metrics", "show", "--json"], work).strip().splitlines()[-1])
     assert set(next(iter(shown.values()))["data"]["results/metrics.json"]["data"]) == set(questions)
+    plots = json.loads(run([dvc, "plots", "show", "--json"], work).strip().splitlines()[-1])["data"]
+    assert set(plots) == {"calibration"} | {f"results/evaluation/{q}/confusion.csv" for q in questions}
     assert "Data and pipelines are up to date" in run([dvc, "status"], work)
 
     # push to a local remote, wipe the workspace and cache, pull: identical files
