@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,10 +33,16 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def run_json(cmd: list[str], cwd: Path):
+    """A command's stdout parsed as JSON (warnings go to stderr)."""
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"})
+    return json.loads(res.stdout)
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env_path = f"{BIN}:{__import__('os').environ.get('PATH', '')}"
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                         env={**__import__("os").environ, "PATH": env_path})
+                         env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"})
     if res.returncode != 0:
         logs = "".join(f"--- {f}\n{f.read_text()[-2000:]}" for f in sorted((cwd / "logs").glob("*.log")))
         raise AssertionError(f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}\n{logs}")
@@ -139,9 +146,9 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
     set_param(work / "params.yaml", "predict.passes", 2)
     assert stages_run(run([dvc, "repro"], work)) == {f"{s}@{q}" for s in ("predict", "evaluate") for q in questions} | {
         "metrics"}
-    shown = json.loads(run([dvc, "metrics", "show", "--json"], work).strip().splitlines()[-1])
+    shown = run_json([dvc, "metrics", "show", "--json"], work)
     assert set(next(iter(shown.values()))["data"]["results/metrics.json"]["data"]) == set(questions)
-    plots = json.loads(run([dvc, "plots", "show", "--json"], work).strip().splitlines()[-1])["data"]
+    plots = run_json([dvc, "plots", "show", "--json"], work)["data"]
     assert set(plots) == {"calibration"} | {f"results/evaluation/{q}/confusion.csv" for q in questions}
     assert "Data and pipelines are up to date" in run([dvc, "status"], work)
 
