@@ -33,6 +33,7 @@ if workflow.config_settings.config:
 PARAMS_ARGS = " ".join(f"--params {f}" for f in PARAMS_FILES)
 SURVEYS = list(config["simulate"]["surveys"])
 QUESTIONS = list(config["train"]["questions"])
+AL_QUESTIONS = list(config["active_learning"]["questions"])
 
 
 include: "workflow/rules/common.smk"
@@ -42,6 +43,7 @@ include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/active_learning.smk"
 
 
 rule all:

@@ -14,9 +14,9 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def snakemake_outputs() -> dict[str, str]:
-    """output file -> rule, for every job of a forced dry run of the default target."""
+    """output file -> rule, for every job of a forced dry run of the default and active-learning targets."""
     out = subprocess.run(
-        [str(SNAKEMAKE), "-n", "--forceall", "--summary", "--quiet"],
+        [str(SNAKEMAKE), "all", "active_learning", "-n", "--forceall", "--summary", "--quiet"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout
     rows = [line.split("\t") for line in out.splitlines()]
@@ -68,17 +68,26 @@ def test_each_stage_is_the_rule_of_the_same_name(both):
         assert {smk_outputs[o] for o in outs} == {base}, f"dvc stage {base} and Snakemake rules disagree"
 
 
+def wildcard_question(key: str) -> str:
+    """The question in a foreach key (``bar``) or a matrix key (``bar-bald-0``)."""
+    params = config.load(ROOT / "params.yaml")
+    questions = sorted({*params["train"]["questions"], *params["active_learning"]["questions"]}, key=len, reverse=True)
+    return next((q for q in questions if key == q or key.startswith(q + "-")), key)
+
+
 def test_same_settings_per_step(both):
     _, smk_keys, stages = both
     for base, key, _, dvc_params in stages:
-        expected = sorted(k.replace("{survey}", key or "").replace("{question}", key or "") for k in smk_keys[base])
+        expected = sorted(k.replace("{survey}", key or "").replace("{question}", wildcard_question(key or ""))
+                          for k in smk_keys[base])
         assert sorted(dvc_params) == expected, f"settings of {base}@{key}: dvc {dvc_params}, Snakefile {expected}"
 
 
 def test_settings_keys_exist(both):
     _, smk_keys, _ = both
     params = config.load(ROOT / "params.yaml")
-    wildcards = {"{survey}": list(params["simulate"]["surveys"]), "{question}": list(params["train"]["questions"])}
+    wildcards = {"{survey}": list(params["simulate"]["surveys"]),
+                 "{question}": [*params["train"]["questions"], *params["active_learning"]["questions"]]}
     for keys in smk_keys.values():
         for k in keys:
             values = next((v for w, v in wildcards.items() if w in k), [None])

@@ -24,6 +24,7 @@ STAGES = {
     "predict": "MC-dropout posteriors on the test split",
     "evaluate": "calibration, metrics and figures of one question's posteriors",
     "metrics": "gather per-question metrics into results/metrics.json",
+    "active-learning": "BALD against random acquisition: simulation runs and their summary",
     "validate": "validate params files and catalogs",
 }
 
@@ -36,7 +37,7 @@ def build_parser(stage: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in STAGES.items():
         if name == stage:
-            importlib.import_module(f"gzmorph.{name}").register(sub)
+            importlib.import_module(f"gzmorph.{name.replace('-', '_')}").register(sub)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser

@@ -1,0 +1,216 @@
+"""``gzmorph active-learning``: labels-saved arithmetic, the BALD verdict, a tiny end-to-end run and the summary."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_train import QUESTION, ROOT, learnable_shards
+
+from gzmorph import active_learning as al
+from gzmorph import config
+
+INITIAL, PER_ITERATION, ITERATIONS = 16, 8, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gzmorph")
+    al.register(parser.add_subparsers(dest="stage", required=True))
+    return parser
+
+
+# ------------------------------------------------------------------------------------------- arithmetic
+
+
+def test_first_reach_interpolates_linearly():
+    n = np.array([0, 100, 200, 300])
+    assert al.first_reach(n, [0.3, 0.20, 0.18, 0.17], 0.20) == 100
+    assert al.first_reach(n, [0.3, 0.22, 0.18, 0.17], 0.20) == pytest.approx(150)
+    assert al.first_reach(n, [0.3, 0.20, 0.18, 0.17], 0.30) == 0
+    assert np.isnan(al.first_reach(n, [0.3, 0.25, 0.24, 0.23], 0.20))
+
+
+def test_labels_saved_on_hand_made_curves():
+    n = [0, 100, 200, 300]
+    runs = pd.concat([
+        pd.DataFrame({"question": "bar", "strategy": "random", "seed": 0, "iteration": range(4), "n_acquired": n,
+                      "eval_rmse": [0.30, 0.25, 0.20, 0.21]}),
+        pd.DataFrame({"question": "bar", "strategy": "bald", "seed": 0, "iteration": range(4), "n_acquired": n,
+                      "eval_rmse": [0.30, 0.20, 0.18, 0.17]}),
+    ])
+    row = al.summarize_question(runs)
+    # random's best: 0.20 at 200 new labels; BALD reaches 0.20 at 100 -> half the labels
+    assert row["labels_saved_best"] == pytest.approx(0.5)
+    assert (row["rmse_random_best"], row["n_random_best"]) == (pytest.approx(0.20), 200)
+    # random's end: 0.21 at 300; BALD crosses 0.21 between 0 (0.30) and 100 (0.20) at 90 -> 1 - 90 / 300
+    assert row["labels_saved_end"] == pytest.approx(0.7)
+    assert row["bald_wins_all_repeats"] and row["n_repeats"] == 1
+    assert np.isnan(al.labels_saved(0, 50)) and np.isnan(al.labels_saved(100, float("nan")))
+
+
+def test_labels_saved_averages_repeats():
+    n = [0, 100, 200]
+    frames = [pd.DataFrame({"question": "q", "strategy": s, "seed": seed, "iteration": range(3), "n_acquired": n,
+                            "eval_rmse": r})
+              for s, seed, r in [("random", 0, [0.3, 0.26, 0.22]), ("random", 1, [0.3, 0.24, 0.18]),
+                                 ("bald", 0, [0.3, 0.22, 0.2]), ("bald", 1, [0.3, 0.18, 0.16])]]
+    row = al.summarize_question(pd.concat(frames))
+    # mean random: 0.30, 0.25, 0.20 (best = end = 0.20 at 200); mean BALD: 0.30, 0.20 -> 100 labels
+    assert row["labels_saved_best"] == pytest.approx(0.5) and row["labels_saved_end"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("bald_final", "expected"), [([0.1, 0.2], (True, 2)), ([0.1, 0.4], (False, 2))])
+def test_bald_wins_pairs_by_seed(bald_final, expected):
+    rows = []
+    for seed, (b, r) in enumerate(zip(bald_final, [0.3, 0.3], strict=True)):
+        rows += [{"strategy": "bald", "seed": seed, "iteration": 0, "eval_rmse": 0.5},
+                 {"strategy": "bald", "seed": seed, "iteration": 1, "eval_rmse": b},
+                 {"strategy": "random", "seed": seed, "iteration": 0, "eval_rmse": 0.05},
+                 {"strategy": "random", "seed": seed, "iteration": 1, "eval_rmse": r}]
+    rows.append({"strategy": "bald", "seed": 7, "iteration": 1, "eval_rmse": 0.9})  # unpaired: ignored
+    assert al.bald_wins(pd.DataFrame(rows)) == expected
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("active_learning")
+    shards, df = learnable_shards(root, n=300, seed=2)
+    override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
+                "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.2},
+                "active_learning": {"passes": 2, "max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2,
+                                    "batch_size": 16, "questions": {QUESTION: {
+                                        "initial": INITIAL, "per_iteration": PER_ITERATION,
+                                        "iterations": ITERATIONS}}}}
+    path = root / "override.yaml"
+    path.write_text(yaml.safe_dump(override))
+    params = config.load([ROOT / "params.yaml", path])
+
+    recorded: list[np.ndarray] = []
+    rng = np.random.default_rng(0)
+
+    def fake_scores(rho, n):  # known scores, so the test can check BALD takes the highest
+        assert rho.shape[1] == 2 and n >= 1
+        scores = rng.uniform(size=len(rho))
+        recorded.append(scores)
+        return scores
+
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(al, "bald_scores", fake_scores)
+        al.simulate(params, QUESTION, "bald", 0, shards, out / "bald_0.csv", out / "bald_0.parquet", threads=2)
+    args = _parser().parse_args(["active-learning", "run", "--params", str(ROOT / "params.yaml"), "--params",
+                                 str(path), "--question", QUESTION, "--strategy", "random", "--seed", "0",
+                                 "--shards", str(shards), "--out", str(out / "random_0.csv"), "--acquired",
+                                 str(out / "random_0.parquet"), "--threads", "2"])
+    args.func(args)
+    keep = df["bar_total-votes"] >= 10
+    return {"root": root, "shards": shards, "params": params, "params_files": [ROOT / "params.yaml", path],
+            "out": out, "recorded": recorded, "train_ids": set(df.loc[keep & (df["split"] == "train"), "id_str"]),
+            "test_ids": set(df.loc[keep & (df["split"] == "test"), "id_str"])}
+
+
+@pytest.mark.parametrize("strategy", ["bald", "random"])
+def test_run_table(tiny, strategy):
+    runs = pd.read_csv(tiny["out"] / f"{strategy}_0.csv")
+    assert tuple(runs.columns) == al.RUN_COLUMNS
+    assert runs["iteration"].tolist() == list(range(ITERATIONS + 1))
+    assert runs["n_labelled"].tolist() == [INITIAL + PER_ITERATION * i for i in range(ITERATIONS + 1)]
+    assert runs["n_acquired"].tolist() == [PER_ITERATION * i for i in range(ITERATIONS + 1)]
+    assert (runs["question"] == QUESTION).all() and (runs["strategy"] == strategy).all() and (runs["seed"] == 0).all()
+    assert np.isfinite(runs[["train_loss", "val_loss", "eval_loss", "eval_rmse"]].to_numpy()).all()
+    assert ((runs["eval_rmse"] > 0) & (runs["eval_rmse"] < 1)).all()
+
+
+@pytest.mark.parametrize("strategy", ["bald", "random"])
+def test_acquired_galaxies_come_from_the_pool_once(tiny, strategy):
+    acq = pd.read_parquet(tiny["out"] / f"{strategy}_0.parquet")
+    assert tuple(acq.columns) == al.ACQUIRED_COLUMNS
+    got = acq[acq["role"] == "acquired"]
+    assert len(got) == PER_ITERATION * ITERATIONS
+    assert got.groupby("iteration").size().to_dict() == dict.fromkeys(range(ITERATIONS), PER_ITERATION)
+    assert got["id_str"].is_unique
+    assert set(got["id_str"]) <= tiny["train_ids"] and not set(got["id_str"]) & tiny["test_ids"]
+    np.testing.assert_allclose(got["vote_fraction"], got["votes"] / got["total_votes"])
+    test = acq[acq["role"] == "test"]  # final-model scores of every test galaxy
+    assert set(test["id_str"]) == tiny["test_ids"] and (test["iteration"] == ITERATIONS).all()
+
+
+def test_same_seed_gives_the_same_initial_set_and_first_model(tiny):
+    bald = pd.read_csv(tiny["out"] / "bald_0.csv")
+    rand = pd.read_csv(tiny["out"] / "random_0.csv")
+    np.testing.assert_allclose(bald.loc[0, ["train_loss", "eval_rmse"]].to_numpy(float),
+                               rand.loc[0, ["train_loss", "eval_rmse"]].to_numpy(float), rtol=1e-5)
+
+
+def test_bald_acquires_the_highest_scores(tiny):
+    acq = pd.read_parquet(tiny["out"] / "bald_0.parquet")
+    got = acq[acq["role"] == "acquired"]
+    recorded = tiny["recorded"]
+    assert len(recorded) == ITERATIONS + 1  # one pool scoring per acquisition, then the test set
+    pool = len(tiny["train_ids"])
+    for i in range(ITERATIONS):
+        assert len(recorded[i]) == pool - INITIAL - PER_ITERATION * i  # only unlabelled galaxies are scored
+        top = np.sort(recorded[i])[::-1][:PER_ITERATION]
+        np.testing.assert_allclose(got.loc[got["iteration"] == i, "score"].to_numpy(), top)
+    assert acq[acq["role"] == "random"].empty
+    assert pd.read_parquet(tiny["out"] / "random_0.parquet").query("role == 'acquired'")["score"].isna().all()
+
+
+def test_summarize_cli(tiny):
+    out = tiny["out"]
+    figures = out / "figures"
+    argv = ["active-learning", "summarize", "--runs", str(out / "bald_0.csv"), str(out / "random_0.csv"),
+            "--acquired", str(out / "bald_0.parquet"), str(out / "random_0.parquet"), "--summary",
+            str(out / "summary.csv"), "--figures", str(figures), "--shards", str(tiny["shards"])]
+    for p in tiny["params_files"]:
+        argv += ["--params", str(p)]
+    args = _parser().parse_args(argv)
+    args.func(args)
+    summary = pd.read_csv(out / "summary.csv")
+    assert tuple(summary.columns) == al.SUMMARY_COLUMNS
+    assert summary["question"].tolist() == [QUESTION] and summary["n_repeats"].tolist() == [1]
+    for name in ("curves", "acquired", "informative"):
+        assert (figures / f"{QUESTION}_{name}.png").stat().st_size > 0
+    assert not [p for p in out.rglob(".*")]  # no temporary files left
+
+
+def test_summarize_fake_runs_without_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    runs, acquired = [], []
+    for q in ("bar", "smooth-or-featured"):
+        for strategy in al.STRATEGIES:
+            for seed in (0, 1):
+                n_acq = np.arange(4) * 10
+                rmse = 0.3 - n_acq * (0.002 if strategy == "bald" else 0.001)
+                path = tmp_path / f"{q}_{strategy}_{seed}.csv"
+                pd.DataFrame({"question": q, "strategy": strategy, "seed": seed, "iteration": range(4),
+                              "n_labelled": 20 + n_acq, "n_acquired": n_acq, "train_loss": 5.0, "val_loss": 5.0,
+                              "eval_loss": 6 - n_acq / 100, "eval_rmse": rmse}).to_csv(path, index=False)
+                runs.append(path)
+                a = pd.DataFrame({"question": q, "strategy": strategy, "seed": seed, "role": "acquired",
+                                  "iteration": np.repeat(np.arange(3), 10), "id_str": [f"{q}{seed}{i}" for i in
+                                                                                       range(30)],
+                                  "score": rng.uniform(size=30), "votes": 3, "total_votes": 10,
+                                  "vote_fraction": rng.uniform(size=30)})
+                path = tmp_path / f"{q}_{strategy}_{seed}.parquet"
+                a.to_parquet(path)
+                acquired.append(path)
+    summary = al.summarize(config.load(ROOT / "params.yaml"), runs, acquired, tmp_path / "s.csv", tmp_path / "fig")
+    assert summary["question"].tolist() == ["bar", "smooth-or-featured"]
+    # random ends at 0.27 with 30 labels; BALD (0.002 per label) gets there with 15
+    np.testing.assert_allclose(summary["labels_saved_end"], 0.5)
+    np.testing.assert_allclose(summary["labels_saved_best"], 0.5)
+    assert summary["bald_wins_all_repeats"].all() and (summary["n_repeats"] == 2).all()
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
+        "bar_acquired.png", "bar_curves.png", "smooth-or-featured_acquired.png", "smooth-or-featured_curves.png"]
+
+
+def test_unknown_question_is_a_config_error(tiny):
+    with pytest.raises(config.ConfigError, match="active_learning.questions"):
+        al.check_question(tiny["params"], "spiral-winding", "bald")
