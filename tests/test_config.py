@@ -90,3 +90,9 @@ def test_write_resolved_is_content_addressed(tmp_path):
     assert yaml.safe_load(a.read_text()) == {"seed": 3, "shards": {"shard_size": 5}}
     merged = config.load([ROOT / "params.yaml", a])
     assert merged["seed"] == 3 and merged["shards"]["shard_size"] == 5
+
+
+def test_paper_sizes_override_is_valid():
+    merged = config.load([ROOT / "params.yaml", ROOT / "params" / "paper.yaml"])
+    assert merged["active_learning"]["questions"]["bar"] == {"initial": 512, "per_iteration": 256, "iterations": 20}
+    assert merged["train"]["input_size"] == 128
