@@ -37,7 +37,6 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -256,22 +255,17 @@ def galaxy_example(pixels: bytes, resolution: int, id_str: str, columns: Sequenc
 
 @contextmanager
 def _atomic_shard(target: Path) -> Iterator[tf.io.TFRecordWriter]:
-    """A TFRecordWriter on a temp file beside ``target``, renamed onto it on success, removed on failure."""
+    """A TFRecordWriter on :func:`gzmorph.io.atomic_path`'s temp file: the shard appears whole or not at all."""
     import tensorflow as tf
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        writer = tf.io.TFRecordWriter(tmp)
+    from gzmorph import io
+
+    with io.atomic_path(target) as tmp:
+        writer = tf.io.TFRecordWriter(str(tmp))
         try:
             yield writer
         finally:
             writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- planning
