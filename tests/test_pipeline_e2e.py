@@ -133,8 +133,13 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
 
     questions = list(merged["train"]["questions"])
     trained = {f"{stage}@{q}" for stage in ("train", "predict", "evaluate") for q in questions} | {"metrics"}
+    al = merged["active_learning"]
+    al_runs = {f"active_learning_run@{q}-{s}-{seed}" for q in al["questions"] for s in al["strategies"]
+               for seed in al["seeds"]}
+    assert al_runs | {"active_learning"} <= stages_run(first)
     set_param(work / "params.yaml", "shards.shard_size", 5)
-    assert stages_run(run([dvc, "repro"], work)) == {f"shards@{s}" for s in surveys} | trained
+    assert stages_run(run([dvc, "repro"], work)) == {f"shards@{s}" for s in surveys} | trained | al_runs | {
+        "active_learning"}
     manifest = json.loads((work / f"data/shards/{surveys[0]}/manifest.json").read_text())
     assert manifest["shard_size"] == 5
 
@@ -142,7 +147,8 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
     assert stages_run(run([dvc, "repro"], work)) == {"crossmatch"}
 
     set_param(work / "params.yaml", "train.questions.bar.crop_zoom", [1.6, 1.8])
-    assert stages_run(run([dvc, "repro"], work)) == {"train@bar", "predict@bar", "evaluate@bar", "metrics"}
+    assert stages_run(run([dvc, "repro"], work)) == {"train@bar", "predict@bar", "evaluate@bar", "metrics"} | {
+        r for r in al_runs if r.startswith("active_learning_run@bar-")} | {"active_learning"}
     set_param(work / "params.yaml", "predict.passes", 2)
     assert stages_run(run([dvc, "repro"], work)) == {f"{s}@{q}" for s in ("predict", "evaluate") for q in questions} | {
         "metrics"}
