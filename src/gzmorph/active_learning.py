@@ -375,7 +375,7 @@ def curves_figure(runs: pd.DataFrame, question: str) -> Figure:
                     label=f"{_LABELS[strategy]} ({n_seeds} run{'s' * (n_seeds != 1)})")
             ax.fill_between(g.index, g["min"], g["max"], color=_COLOURS[strategy], alpha=0.2, lw=0)
         ax.set_ylabel(label)
-    axes[0].set_title(f"{question}: active learning (mean over runs, min-max shaded)")
+    fig.suptitle(f"{question}: active learning\n(mean over runs, min-max shaded)")
     axes[0].legend()
     axes[-1].set_xlabel("labelled galaxies")
     return fig
