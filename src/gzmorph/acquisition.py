@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammaln
 
-from gzmorph.posterior import _validate, mixture_pmf
+from gzmorph.posterior import mixture_pmf, validate_passes
 
 # Memory for the float64 work arrays of one chunk of galaxies.  Small enough to
 # stay in cache: measured faster than 64 MiB chunks, and memory stays bounded.
@@ -126,7 +126,7 @@ def _mixture_pmf_factorised(rho: np.ndarray, n: int, log_comb: np.ndarray, logs:
 
 def _mutual_information_common_n(rho: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Eq. 24 for one chunk whose galaxies share N: rho [g, T], n [g] (all equal) -> [g] nats."""
-    rho, n = _validate(rho, n)  # per chunk, so its [g, T] temporaries stay chunk-sized
+    rho, n = validate_passes(rho, n)  # per chunk, so its [g, T] temporaries stay chunk-sized
     if n.size == 0 or n[0] == 0:  # N = 0: nothing to observe, the pmf is a delta at k = 0
         return np.zeros(rho.shape[0])
     n = int(n[0])
@@ -178,7 +178,7 @@ def mutual_information(rho: np.ndarray, n: int | np.ndarray, chunk_size: int | N
 
     out = np.empty(rho.shape[0])
     # Group galaxies by N (usually one group); loop over distinct N and chunks, never over galaxies.
-    # Values are validated per chunk (posterior._validate), so invalid N fail there.
+    # Values are validated per chunk (posterior.validate_passes), so invalid N fail there.
     common = np.ndim(n) == 0 or n_arr.size == 0 or bool(np.all(n_arr == n_arr[0]))
     values = n_arr[:1] if common else np.unique(n_arr)
     for value in values:

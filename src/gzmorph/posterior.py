@@ -22,7 +22,8 @@ from scipy.special import gammaln
 _CHUNK_ELEMENTS = 2**21
 
 
-def _validate(rho: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def validate_passes(rho: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check rho [galaxies, passes] in [0, 1] and n [galaxies] non-negative integers; return float64, int64."""
     rho = np.asarray(rho, dtype=np.float64)
     n = np.asarray(n)
     if rho.ndim != 2:
@@ -63,7 +64,7 @@ def mixture_pmf(rho: np.ndarray, n: np.ndarray, n_max: int | None = None) -> np.
     single network), n: [G] integer volunteers asked.  Returns [G, n_max + 1]
     float64 with zeros for k > N_i; n_max defaults to max(n).  Each row sums to 1.
     """
-    rho, n = _validate(rho, n)
+    rho, n = validate_passes(rho, n)
     n_max = int(n.max(initial=0)) if n_max is None else int(n_max)
     if n.size and n.max() > n_max:
         raise ValueError(f"n_max={n_max} is smaller than max(n)={n.max()}")
@@ -83,7 +84,7 @@ def single_pass_pmf(rho_point: np.ndarray, n: np.ndarray, n_max: int | None = No
 
 def posterior_mean(rho: np.ndarray, n: np.ndarray) -> np.ndarray:
     """E[k] under the mixture: N_i * mean_t rho[i, t] (exact; no pmf needed)."""
-    rho, n = _validate(rho, n)
+    rho, n = validate_passes(rho, n)
     return n * rho.mean(axis=1)
 
 
@@ -104,7 +105,7 @@ def credible_interval(
     """
     if not 0.0 < mass < 1.0:
         raise ValueError(f"mass must be in (0, 1), got {mass}")
-    rho, n = _validate(rho, n)
+    rho, n = validate_passes(rho, n)
     cdf = np.cumsum(mixture_pmf(rho, n), axis=1)
     tail = (1.0 - mass) / 2.0
     tol = 1e-12  # cumsum round-off must not push the upper quantile past N
