@@ -14,12 +14,9 @@ import pandas as pd
 
 from gzmorph import catalog, config
 from gzmorph.catalog import rho_column
+from gzmorph.evaluate import rmse
 
 PAPER_RMSE = {"smooth-or-featured": 0.10, "bar": 0.15}
-
-
-def rmse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
 def main() -> None:

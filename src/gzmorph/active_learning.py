@@ -146,12 +146,12 @@ def bald_scores(rho: np.ndarray, n: int) -> np.ndarray:
 
 def evaluate(rho: np.ndarray, data: Split) -> tuple[float, float]:
     """(eval_loss, eval_rmse) of the MC-mean rho: eq. 6 loss per galaxy (mean) and RMSE against k / N."""
+    from gzmorph.evaluate import rmse
     from gzmorph.losses import binomial_nll
 
     mean = rho.mean(axis=1)
     loss = float(np.mean(np.asarray(binomial_nll(data.k, data.n, mean))))
-    rmse = float(np.sqrt(np.mean((mean - data.fraction) ** 2)))
-    return loss, rmse
+    return loss, rmse(mean, data.fraction)
 
 
 def check_question(params: dict[str, Any], question: str, strategy: str) -> dict[str, int]:
