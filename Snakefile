@@ -4,7 +4,7 @@
 
 import os
 
-from gzmorph.config import ConfigError, validate, write_resolved
+from gzmorph.config import ConfigError, active_surveys, validate, write_resolved
 
 from snakemake.utils import min_version
 
@@ -31,13 +31,21 @@ PARAMS_FILES = ["params.yaml"] + [
 if workflow.config_settings.config:
     PARAMS_FILES.append(str(write_resolved(dict(workflow.config_settings.config), ".snakemake/gzmorph")))
 PARAMS_ARGS = " ".join(f"--params {f}" for f in PARAMS_FILES)
-SURVEYS = list(config["simulate"]["surveys"])
+SOURCE = config["data_source"]  # simulated (default, no network) or real
+SURVEYS = list(active_surveys(config))
 QUESTIONS = list(config["train"]["questions"])
 AL_QUESTIONS = list(config["active_learning"]["questions"])
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/simulate.smk"
+if SOURCE == "simulated":
+
+    include: "workflow/rules/simulate.smk"
+
+else:
+
+    include: "workflow/rules/fetch.smk"
+
 include: "workflow/rules/crossmatch.smk"
 include: "workflow/rules/shards.smk"
 include: "workflow/rules/train.smk"
@@ -50,7 +58,8 @@ rule all:
     default_target: True
     input:
         expand("data/shards/{survey}", survey=SURVEYS),
-        expand("results/simulate/{survey}_examples.png", survey=SURVEYS),
+        expand("results/simulate/{survey}_examples.png", survey=SURVEYS if SOURCE == "simulated" else []),
+        expand("results/fetch/{survey}.json", survey=SURVEYS if SOURCE == "real" else []),
         "results/crossmatch/stats.json",
         "results/crossmatch/sky.png",
         expand("results/predictions/{question}.parquet", question=QUESTIONS),

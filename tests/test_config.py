@@ -96,3 +96,42 @@ def test_paper_sizes_override_is_valid():
     merged = config.load([ROOT / "params.yaml", ROOT / "params" / "paper.yaml"])
     assert merged["active_learning"]["questions"]["bar"] == {"initial": 512, "per_iteration": 256, "iterations": 20}
     assert merged["train"]["input_size"] == 128
+
+
+def test_real_source_config_is_valid_and_names_its_surveys():
+    params = config.load([ROOT / "params.yaml", ROOT / "params" / "real.yaml"])
+    config.validate(params)
+    assert config.active_surveys(params) == {"sdss": "gz2", "decals": "decals-dr5"}
+
+
+def test_real_source_requires_the_real_section(params):
+    params["data_source"] = "real"
+    del params["real"]
+    assert _error(params) == ("params.yaml: real: required when data_source is 'real' "
+                              "(the catalogs, image sources and services to fetch from)")
+
+
+def test_real_surveys_are_what_crossmatch_and_train_must_name(params):
+    params["data_source"] = "real"
+    params["real"]["surveys"] = {"gz2": params["real"]["surveys"]["sdss"]}
+    params["crossmatch"]["right"] = "gz2"
+    msg = _error(params)
+    assert "crossmatch.left: 'sdss' is not a survey under real.surveys; surveys: gz2" in msg
+    assert "train.survey: 'sdss' is not a survey under real.surveys; surveys: gz2" in msg
+
+
+def test_real_survey_needs_the_settings_of_its_sources(params):
+    params["data_source"] = "real"
+    decals = params["real"]["surveys"]["decals"]
+    del decals["legacysurvey_cutout"]
+    del decals["image_files"]
+    msg = _error(params)
+    assert "real.surveys.decals.legacysurvey_cutout: required when images or fallback is legacysurvey" in msg
+    assert "real.surveys.decals.image_files: required when images is zenodo" in msg
+    params["real"]["surveys"]["sdss"]["images"] = "zenodo"
+    assert "real.surveys.sdss.images: zenodo image zips exist only for catalog gz-decals-dr5" in _error(params)
+
+
+def test_real_service_url_must_be_a_url(params):
+    params["real"]["services"]["zenodo"]["base_url"] = "zenodo.org/"
+    assert _error(params).startswith("params.yaml: real.services.zenodo.base_url: 'zenodo.org/' does not match")

@@ -18,6 +18,7 @@ from gzmorph.config import UserError
 
 STAGES = {
     "simulate": "simulated surveys: sky truth, survey images and volunteer votes, example figure",
+    "fetch": "real Galaxy Zoo catalogs and images: catalog, archives, images, gather, estimate",
     "crossmatch": "one-to-one sky match of two survey catalogs",
     "shards": "7:2:1 split and TFRecord shards of a survey",
     "train": "train the Bayesian CNN for one question",

@@ -60,6 +60,8 @@ def _explain(error: jsonschema.ValidationError) -> str:
 
 def _semantic_checks(params: dict[str, Any]) -> list[str]:
     """Rules a JSON schema cannot express."""
+    if params["data_source"] == "real" and "real" not in params:
+        return ["real: required when data_source is 'real' (the catalogs, image sources and services to fetch from)"]
     problems = []
     split = params["shards"]["split"]
     total = split["train"] + split["val"] + split["test"]
@@ -74,19 +76,22 @@ def _semantic_checks(params: dict[str, Any]) -> list[str]:
     for name, s in sim["surveys"].items():
         if s["ra_min"] >= s["ra_max"]:
             problems.append(f"simulate.surveys.{name}: ra_min must be less than ra_max")
+    surveys = active_surveys(params)
+    names = ", ".join(surveys)
+    where_surveys = "simulate.surveys" if params["data_source"] == "simulated" else "real.surveys"
     xm = params["crossmatch"]
     for side in ("left", "right"):
-        if xm[side] not in sim["surveys"]:
-            problems.append(f"crossmatch.{side}: {xm[side]!r} is not a survey; surveys: {', '.join(sim['surveys'])}")
+        if xm[side] not in surveys:
+            problems.append(f"crossmatch.{side}: {xm[side]!r} is not a survey under {where_surveys}; surveys: {names}")
     if xm["left"] == xm["right"]:
         problems.append("crossmatch: left and right must be different surveys")
     train = params["train"]
-    if train["survey"] not in sim["surveys"]:
-        problems.append(f"train.survey: {train['survey']!r} is not a survey; surveys: {', '.join(sim['surveys'])}")
+    if train["survey"] not in surveys:
+        problems.append(f"train.survey: {train['survey']!r} is not a survey under {where_surveys}; surveys: {names}")
     else:
         from gzmorph.tree import get_tree
 
-        tree = get_tree(sim["surveys"][train["survey"]]["tree"])
+        tree = get_tree(surveys[train["survey"]])
         for question, spec in train["questions"].items():
             where = f"train.questions.{question}"
             if question not in tree.question_names:
@@ -98,9 +103,45 @@ def _semantic_checks(params: dict[str, Any]) -> list[str]:
             low, high = spec["crop_zoom"]
             if low > high:
                 problems.append(f"{where}.crop_zoom: low {low:g} is above high {high:g}")
+    if params["data_source"] == "real":
+        problems += _real_checks(params["real"])
     vol = sim["volunteers"]
     if vol["fewer_min"] > vol["per_galaxy"]:
         problems.append("simulate.volunteers: fewer_min must not exceed per_galaxy")
+    return problems
+
+
+# Published catalog formats of the real sources and the decision tree each one's votes follow.
+REAL_CATALOG_TREES = {"gz2-hart16": "gz2", "gz-decals-dr5": "decals-dr5"}
+
+
+def active_surveys(params: dict[str, Any]) -> dict[str, str]:
+    """Survey name -> decision-tree name, for the data source the params select."""
+    if params["data_source"] == "real":
+        return {name: REAL_CATALOG_TREES[s["catalog"]] for name, s in params["real"]["surveys"].items()}
+    return {name: s["tree"] for name, s in params["simulate"]["surveys"].items()}
+
+
+def _real_checks(real: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, s in real["surveys"].items():
+        where = f"real.surveys.{name}"
+        if s["catalog"] == "gz2-hart16" and "location" not in s:
+            problems.append(f"{where}.location: required for catalog gz2-hart16 (path or URL of gz2_hart16.csv.gz)")
+        if s["catalog"] == "gz-decals-dr5":
+            for key in ("zenodo_record", "catalog_file"):
+                if key not in s:
+                    problems.append(f"{where}.{key}: required for catalog gz-decals-dr5")
+        if s["images"] == "zenodo" and not s.get("image_files"):
+            problems.append(f"{where}.image_files: required when images is zenodo (record file names or patterns)")
+        if s["images"] == "zenodo" and s["catalog"] != "gz-decals-dr5":
+            problems.append(f"{where}.images: zenodo image zips exist only for catalog gz-decals-dr5")
+        if s.get("fallback", "none") == s["images"]:
+            problems.append(f"{where}.fallback: must differ from images ({s['images']!r})")
+        for source in (s["images"], s.get("fallback", "none")):
+            key = f"{source}_cutout"
+            if source in ("skyserver", "legacysurvey") and key not in s:
+                problems.append(f"{where}.{key}: required when images or fallback is {source}")
     return problems
 
 

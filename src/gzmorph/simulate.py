@@ -36,8 +36,16 @@ CHUNK = 16  # galaxies per worker task: small enough to balance, large enough to
 
 
 # ---------------------------------------------------------------------------------------------- sky
+def require_simulated(params: dict[str, Any]) -> None:
+    """The simulated survey must not overwrite a real one's catalog (dvc.yaml runs only this source)."""
+    if params["data_source"] != "simulated":
+        raise ConfigError(f"data_source is {params['data_source']!r}, not 'simulated': the simulated-survey stages "
+                          "do not apply; run the real-data pipeline with snakemake (README: real Galaxy Zoo data)")
+
+
 def run_sky(args: argparse.Namespace) -> None:
     params = config.load(args.params)
+    require_simulated(params)
     sky = sky_table(params)
     io.write_parquet(args.out, sky)
     log.info("sky: %d galaxies (%d smooth, %d disk) -> %s", len(sky), (sky["morphology"] == "smooth").sum(),
@@ -46,6 +54,7 @@ def run_sky(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------- survey
 def survey_params(params: dict[str, Any], survey_name: str) -> dict[str, Any]:
+    require_simulated(params)
     surveys = params["simulate"]["surveys"]
     if survey_name not in surveys:
         raise ConfigError(f"simulate.surveys: no survey {survey_name!r}; known: {', '.join(sorted(surveys))}")

@@ -83,7 +83,9 @@ def question_spec(params: dict[str, Any], question: str, tree_name: str | None =
         raise ConfigError(f"train.questions: no question {question!r}; configured: {', '.join(questions)}")
     spec = questions[question]
     if tree_name is None:
-        tree_name = params["simulate"]["surveys"][params["train"]["survey"]]["tree"]
+        from gzmorph.config import active_surveys
+
+        tree_name = active_surveys(params)[params["train"]["survey"]]
     tree = get_tree(tree_name)
     if question not in tree.question_names:
         raise ConfigError(f"question {question!r} is not in the {tree.name} tree of the shards")

@@ -4,7 +4,8 @@
 rule shards:
     input:
         catalog="data/catalogs/{survey}.parquet",
-        images="data/simulated/{survey}/images",
+        # simulated images are one directory; real ones are implied by the gathered catalog
+        images=lambda wc: f"data/simulated/{wc.survey}/images" if SOURCE == "simulated" else [],
     output:
         shards=directory("data/shards/{survey}"),
     params:

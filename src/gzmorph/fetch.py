@@ -1,0 +1,545 @@
+"""``gzmorph fetch``: real Galaxy Zoo catalogs and images (``data_source: real``).
+
+Sub-commands, one per Snakemake rule (``workflow/rules/fetch.smk``):
+
+- ``catalog``: read a published vote catalog (GZ2 Hart16 from a path or URL, GZ DECaLS volunteers from
+  Zenodo), map it to the canonical catalog, apply the sample and vote filters, add Petrosian radii when
+  cutouts are scaled by them, and deal the galaxies into ``real.chunks`` chunks.
+- ``archives``: download the Zenodo image zips (md5-verified, resumable).
+- ``images``: fetch one chunk's images (SkyServer or Legacy Survey cutouts, or members of the zips, with
+  a fallback source), checking each one; failures go to the chunk's quarantine table, not to a crash.
+- ``gather``: join the chunks into ``data/catalogs/<survey>.parquet`` and a fetch report.
+- ``estimate``: print files, bytes and expected time before fetching anything big.
+
+Images land in ``data/real/<survey>/images/<chunk>/`` one atomic write at a time and are never declared
+as a rule's output, so an interrupted or failed job keeps them and its re-run fetches only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gzmorph.config import UserError
+
+log = logging.getLogger(__name__)
+
+REAL_DIR = Path("data/real")
+# Shared pacing state of each service, for every fetch job on this machine (see net.RateLimiter).
+RATE_DIR = REAL_DIR / ".ratelimit"
+QUARANTINE_COLUMNS = ("id_str", "ra", "dec", "chunk", "source", "reason")
+# Typical body sizes, for estimates only (measured on GZ-sized 424 px images).
+TYPICAL_BYTES = {"skyserver": 30_000, "legacysurvey": 30_000, "zenodo": 250_000}
+# Galaxies in the published catalogs, for estimates before the catalog is fetched.
+PUBLISHED_ROWS = {"gz2-hart16": {"original": 209_294, "extra": 21_844, "stripe82": 8_557}, "gz-decals-dr5": 253_286}
+MAX_IMAGE_BYTES = 16 << 20
+
+
+# --------------------------------------------------------------------------- settings and sessions
+
+
+def survey_spec(params: dict[str, Any], survey: str) -> dict[str, Any]:
+    if params["data_source"] != "real":
+        raise UserError(f"data_source is {params['data_source']!r}: set it to 'real' to fetch real data "
+                        "(e.g. --params params/real.yaml)")
+    surveys = params["real"]["surveys"]
+    if survey not in surveys:
+        raise UserError(f"real.surveys: no survey {survey!r}; surveys: {', '.join(surveys)}")
+    return surveys[survey]
+
+
+def http_settings(params: dict[str, Any]) -> Any:
+    from gzmorph.net import HttpSettings
+
+    return HttpSettings.from_params(params["real"]["http"])
+
+
+def session_for(params: dict[str, Any], service: str | None, pool_size: int = 4) -> Any:
+    """A session for ``service`` paced by its shared rate limit (no pacing for plain URLs)."""
+    from gzmorph.net import RateLimiter, make_session
+
+    limiter = None
+    if service is not None:
+        limiter = RateLimiter(params["real"]["services"][service]["requests_per_minute"], RATE_DIR / service)
+    return make_session(http_settings(params), limiter, pool_size=pool_size)
+
+
+def is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def read_catalog(params: dict[str, Any], survey: str, downloads: Path, progress: bool = True
+                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The survey's canonical catalog after the filters, and what the filters removed."""
+    from gzmorph import net
+    from gzmorph.sources import gz2, gzdecals, zenodo
+
+    spec = survey_spec(params, survey)
+    settings = http_settings(params)
+    if spec["catalog"] == "gz2-hart16":
+        location = spec["location"]
+        if is_url(location):
+            path = downloads / Path(location.split("?")[0]).name
+            net.download(session_for(params, None), location, path, settings=settings, progress=progress)
+        else:
+            path = Path(location)
+            if not path.exists():
+                raise UserError(f"real.surveys.{survey}.location: no such file {location}")
+        canonical = gz2.to_canonical(gz2.read_hart16(path), survey=survey, path=str(path))
+        kept, dropped = gz2.filter_catalog(canonical, samples=spec.get("samples"),
+                                           min_total_votes=spec["min_total_votes"])
+    else:
+        services = params["real"]["services"]
+        session = session_for(params, "zenodo")
+        files = zenodo.list_files(session, base_url=services["zenodo"]["base_url"],
+                                  record_id=spec["zenodo_record"], settings=settings)
+        (record_file,) = zenodo.select(files, [spec["catalog_file"]])
+        directory = downloads / "zenodo" / str(spec["zenodo_record"])
+        zenodo.download_file(session, record_file, directory, settings=settings, progress=progress)
+        path = directory / record_file.key
+        canonical = gzdecals.to_canonical(gzdecals.read_volunteers(path), survey=survey, path=str(path))
+        kept, dropped = gzdecals.filter_catalog(canonical, min_total_votes=spec["min_total_votes"])
+    stats = {"source": str(path), "rows": len(canonical), "dropped": dropped}
+    limit = params["real"]["max_galaxies"]
+    if limit is not None and len(kept) > limit:
+        stats["dropped"] = {**dropped, "max_galaxies": len(kept) - limit}
+        kept = kept.iloc[:limit].reset_index(drop=True)
+    return kept, stats
+
+
+def add_petrosian_radii(df: pd.DataFrame, params: dict[str, Any], spec: dict[str, Any]) -> pd.DataFrame:
+    """Add ``petro_r90_arcsec`` where SkyServer cutouts are scaled by it (GZ2 style)."""
+    uses = [s for s in (spec["images"], spec.get("fallback", "none")) if s == "skyserver"]
+    if not uses or spec["skyserver_cutout"]["scale"] != "petrosian" or "petro_r90_arcsec" in df.columns:
+        return df
+    df = df.copy()
+    if "petro_th90" in df.columns:  # GZ DECaLS carries its own Petrosian radius
+        df["petro_r90_arcsec"] = pd.to_numeric(df["petro_th90"], errors="coerce")
+        return df
+    from gzmorph.sources import skyserver
+
+    sky = params["real"]["services"]["skyserver"]
+    objids = pd.to_numeric(df["id_str"], errors="coerce")
+    valid = objids.notna().to_numpy()
+    radii = skyserver.petrosian_radii(objids[valid].astype(np.int64).tolist(), base_url=sky["base_url"],
+                                      data_release=sky["data_release"], timeout=params["real"]["http"]["timeout_s"])
+    lookup = dict(zip(radii["dr7objid"].astype(str), radii["petroR90_r"].astype(float), strict=True))
+    df["petro_r90_arcsec"] = df["id_str"].map(lookup).astype(float)
+    missing = int(df["petro_r90_arcsec"].isna().sum())
+    if missing:
+        log.warning("%d of %d galaxies have no petroR90_r from SkyServer; their cutouts use fixed_scale",
+                    missing, len(df))
+    return df
+
+
+def deal_chunks(n: int, chunks: int) -> np.ndarray:
+    """Chunk of each row: round-robin, so chunks are equal in size and in sky coverage."""
+    return np.arange(n, dtype=np.int64) % chunks
+
+
+def run_catalog(args: argparse.Namespace) -> None:
+    from gzmorph import catalog, config
+    from gzmorph.io import write_json, write_parquet
+
+    params = config.load(args.params)
+    spec = survey_spec(params, args.survey)
+    df, stats = read_catalog(params, args.survey, Path(args.downloads), progress=not args.no_progress)
+    df = add_petrosian_radii(df, params, spec)
+    df["chunk"] = deal_chunks(len(df), params["real"]["chunks"])
+    catalog.validate(df, args.out)
+    write_parquet(args.out, df)
+    stats.update(galaxies=len(df), chunks=params["real"]["chunks"])
+    write_json(args.report, stats)
+    log.info("%s: %d galaxies in %d chunks (read %d rows from %s; dropped %s)", args.survey, len(df),
+             params["real"]["chunks"], stats["rows"], stats["source"], stats["dropped"])
+
+
+# --------------------------------------------------------------------------- archives (Zenodo zips)
+
+
+def run_archives(args: argparse.Namespace) -> None:
+    from gzmorph import config
+    from gzmorph.io import write_json
+    from gzmorph.sources import zenodo
+
+    params = config.load(args.params)
+    spec = survey_spec(params, args.survey)
+    if spec["images"] != "zenodo":
+        raise UserError(f"real.surveys.{args.survey}.images is {spec['images']!r}: it has no Zenodo archives")
+    settings = http_settings(params)
+    session = session_for(params, "zenodo")
+    files = zenodo.list_files(session, base_url=params["real"]["services"]["zenodo"]["base_url"],
+                              record_id=spec["zenodo_record"], settings=settings)
+    chosen = zenodo.select(files, spec["image_files"])
+    directory = Path(args.downloads) / "zenodo" / str(spec["zenodo_record"])
+    outcomes = {}
+    for f in chosen:
+        outcomes[f.key] = zenodo.download_file(session, f, directory, settings=settings,
+                                               progress=not args.no_progress)
+        log.info("%s: %s (%.1f MB)", f.key, outcomes[f.key], f.size / 1e6)
+    write_json(args.out, {"record": spec["zenodo_record"], "files": [
+        {"key": f.key, "path": str(directory / f.key), "size": f.size, "md5": f.md5, "outcome": outcomes[f.key]}
+        for f in chosen]})
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Outcome:
+    id_str: str
+    file_loc: str | None   # None when the galaxy is quarantined
+    status: str            # skipped (already there), fetched, fallback, failed
+    source: str
+    reason: str | None = None
+
+
+def image_name(id_str: str, ext: str) -> str:
+    # ids are objids or IAU names; neither holds a path separator, but a catalog is input: be safe.
+    return id_str.replace("/", "_").replace("\\", "_") + ext
+
+
+EXTENSIONS = {"skyserver": ".jpg", "legacysurvey": ".jpg", "zenodo": ".png"}
+
+
+class ImageSources:
+    """Fetchers of one survey's images, by source name; each returns checked image bytes or raises."""
+
+    def __init__(self, params: dict[str, Any], spec: dict[str, Any], archives: dict[str, Any] | None,
+                 pool_size: int) -> None:
+        self.params, self.spec = params, spec
+        self.settings = http_settings(params)
+        self.services = params["real"]["services"]
+        self.sessions = {s: session_for(params, s, pool_size) for s in ("skyserver", "legacysurvey")}
+        self.archive_index = archives
+
+    def fetch(self, source: str, row: pd.Series, target: Path) -> None:
+        from gzmorph.io import write_bytes
+
+        if source == "zenodo":
+            self._extract(row, target)
+            return
+        data = self._cutout(source, row)
+        write_bytes(target, data)
+
+    def _cutout(self, source: str, row: pd.Series) -> bytes:
+        from gzmorph.sources import legacysurvey, skyserver
+
+        if source == "skyserver":
+            cut, sky = self.spec["skyserver_cutout"], self.services["skyserver"]
+            r90 = row.get("petro_r90_arcsec")
+            scale = skyserver.cutout_scale(cut["scale"], petro_r90=None if r90 is None or pd.isna(r90) else float(r90),
+                                           petrosian_factor=cut["petrosian_factor"], fixed_scale=cut["fixed_scale"])
+            return skyserver.fetch_cutout(self.sessions["skyserver"], base_url=sky["base_url"],
+                                          data_release=sky["data_release"], ra=float(row["ra"]),
+                                          dec=float(row["dec"]), scale=scale, size=cut["size"], settings=self.settings)
+        cut = self.spec["legacysurvey_cutout"]
+        base_url = self.services["legacysurvey"]["base_url"]
+        return legacysurvey.fetch_cutout(self.sessions["legacysurvey"], base_url=base_url, ra=float(row["ra"]),
+                                         dec=float(row["dec"]), layer=cut["layer"], pixscale=cut["pixscale"],
+                                         size=cut["size"], settings=self.settings)
+
+    def _extract(self, row: pd.Series, target: Path) -> None:
+        from gzmorph import archives
+        from gzmorph.net import FetchError
+        from gzmorph.sources import gzdecals
+        from gzmorph.sources.images import check_image
+
+        loc = row.get("png_loc")
+        member = gzdecals.member_from_png_loc(str(loc)) if isinstance(loc, str) and loc else None
+        entry = self.archive_index.get(member) if member else None
+        if entry is None:
+            entry = self.archive_index.get(gzdecals.zip_member(str(row["id_str"])))
+        if entry is None:
+            raise FetchError("not in the image archives")
+        zip_path, name = entry
+        try:
+            archives.extract(zip_path, name, target, max_bytes=MAX_IMAGE_BYTES)
+            check_image(target.read_bytes(), size=None, formats=("PNG",))
+        except archives.ArchiveError as exc:
+            target.unlink(missing_ok=True)
+            raise FetchError(str(exc)) from None
+        except FetchError:
+            target.unlink(missing_ok=True)
+            raise
+
+
+def fetch_one(sources: ImageSources, row: pd.Series, images_dir: Path, chain: Sequence[str]) -> Outcome:
+    """The galaxy's image from the first source in ``chain`` that has it; never raises for a bad galaxy."""
+    from gzmorph.net import FetchError
+
+    id_str = str(row["id_str"])
+    for source in chain:  # an image from an earlier run, whichever source gave it, is kept
+        existing = images_dir / image_name(id_str, EXTENSIONS[source])
+        if existing.exists():
+            return Outcome(id_str, str(existing), "skipped", source)
+    reasons = []
+    for i, source in enumerate(chain):
+        target = images_dir / image_name(id_str, EXTENSIONS[source])
+        try:
+            sources.fetch(source, row, target)
+            return Outcome(id_str, str(target), "fetched" if i == 0 else "fallback", source)
+        except FetchError as exc:
+            reasons.append(f"{source}: {exc}")
+        except Exception as exc:  # a bug or an odd response for one galaxy must not stop the chunk
+            reasons.append(f"{source}: unexpected {type(exc).__name__}: {exc}")
+    return Outcome(id_str, None, "failed", chain[-1], "; ".join(reasons))
+
+
+def reason_class(reason: str) -> str:
+    """A short class of a failure reason, for the report's tally (``HTTP 503``, ``timed out``, ...)."""
+    text = reason.split(": ", 1)[-1]
+    for key in ("HTTP 4", "HTTP 5", "timed out", "retries exhausted", "not an image", "no such layer",
+                "not in the image archives", "md5", "over the", "size", "corrupt", "truncated"):
+        if key in text:
+            return key if not key.startswith("HTTP ") else text[text.index("HTTP "):][:8]
+    return text[:40]
+
+
+def fetch_chunk(params: dict[str, Any], survey: str, rows: pd.DataFrame, images_dir: Path, *,
+                archive_index: dict[str, Any] | None = None, progress: bool = True,
+                sources: ImageSources | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Fetch the images of ``rows``; return (catalog rows with file_loc, quarantine rows, report)."""
+    from tqdm import tqdm
+
+    spec = survey_spec(params, survey)
+    chain = [spec["images"]] + ([spec["fallback"]] if spec.get("fallback", "none") != "none" else [])
+    threads = params["real"]["threads_per_chunk"]
+    sources = sources or ImageSources(params, spec, archive_index, pool_size=threads)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    records = [row for _, row in rows.iterrows()]
+    with ThreadPoolExecutor(threads) as pool, tqdm(total=len(records), unit="galaxy", desc=f"fetch {survey}",
+                                                   file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
+        outcomes = []
+        for outcome in pool.map(lambda r: fetch_one(sources, r, images_dir, chain), records):
+            outcomes.append(outcome)
+            bar.update(1)
+    seconds = time.monotonic() - start
+
+    by_id = {o.id_str: o for o in outcomes}
+    ok = rows["id_str"].astype(str).map(lambda i: by_id[i].file_loc is not None).to_numpy(bool)
+    fetched = rows.loc[ok].copy()
+    fetched["file_loc"] = fetched["id_str"].astype(str).map(lambda i: by_id[i].file_loc)
+    failed = [o for o in outcomes if o.file_loc is None]
+    bad = rows.loc[~ok, ["id_str", "ra", "dec", "chunk"]].copy()
+    bad["source"] = [by_id[str(i)].source for i in bad["id_str"]]
+    bad["reason"] = [by_id[str(i)].reason for i in bad["id_str"]]
+    status = Counter(o.status for o in outcomes)
+    report = {
+        "survey": survey, "galaxies": len(rows), "fetched": status["fetched"], "fallback": status["fallback"],
+        "skipped": status["skipped"], "failed": status["failed"], "seconds": round(seconds, 2),
+        "galaxies_per_s": round(len(rows) / seconds, 2) if seconds > 0 else None,
+        "by_source": dict(Counter(o.source for o in outcomes if o.file_loc is not None)),
+        "failure_reasons": dict(Counter(reason_class(o.reason or "") for o in failed).most_common()),
+    }
+    return fetched.reset_index(drop=True), bad.reset_index(drop=True)[list(QUARANTINE_COLUMNS)], report
+
+
+def load_archive_index(manifest_path: str | None) -> dict[str, Any] | None:
+    if manifest_path is None:
+        return None
+    from gzmorph import archives
+
+    manifest = json.loads(Path(manifest_path).read_text())
+    index = archives.index([Path(f["path"]) for f in manifest["files"]])
+    if index.unsafe:
+        log.warning("%d archive member(s) with unsafe names (absolute or '..') are ignored", len(index.unsafe))
+    return index.members
+
+
+def run_images(args: argparse.Namespace) -> None:
+    from gzmorph import catalog, config
+    from gzmorph.io import write_json, write_parquet
+
+    params = config.load(args.params)
+    chunks = params["real"]["chunks"]
+    if not 0 <= args.chunk < chunks:
+        raise UserError(f"--chunk {args.chunk} is outside 0..{chunks - 1} (real.chunks is {chunks})")
+    df = catalog.load(args.catalog)
+    rows = df[df["chunk"] == args.chunk].reset_index(drop=True)
+    images_dir = REAL_DIR / args.survey / "images" / f"{args.chunk:04d}" if args.images is None else Path(args.images)
+    fetched, bad, report = fetch_chunk(params, args.survey, rows, images_dir,
+                                       archive_index=load_archive_index(args.archives),
+                                       progress=not args.no_progress)
+    report["chunk"] = args.chunk
+    write_parquet(args.quarantine, bad)
+    write_parquet(args.out, fetched)
+    write_json(args.report, report)
+    log.info("chunk %d: %d fetched, %d from the fallback, %d already there, %d failed (%.1f galaxies/s)",
+             args.chunk, report["fetched"], report["fallback"], report["skipped"], report["failed"],
+             report["galaxies_per_s"] or 0.0)
+    if report["failed"]:
+        log.warning("chunk %d: %d galaxies quarantined in %s: %s", args.chunk, report["failed"], args.quarantine,
+                    report["failure_reasons"])
+
+
+# --------------------------------------------------------------------------- gather
+
+
+def gather(chunk_paths: Sequence[str], quarantine_paths: Sequence[str], report_paths: Sequence[str]
+           ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    frames = [pd.read_parquet(p) for p in chunk_paths]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    bad = pd.concat([pd.read_parquet(p) for p in quarantine_paths], ignore_index=True)
+    reports = [json.loads(Path(p).read_text()) for p in report_paths]
+    reasons: Counter[str] = Counter()
+    for r in reports:
+        reasons.update(r["failure_reasons"])
+    totals = {k: sum(r[k] for r in reports) for k in ("galaxies", "fetched", "fallback", "skipped", "failed")}
+    summary = {**totals, "chunks": len(reports), "in_catalog": len(df), "quarantined": len(bad),
+               "failure_reasons": dict(reasons.most_common()),
+               "seconds_summed": round(sum(r["seconds"] for r in reports), 2)}
+    return df.drop(columns=["chunk"], errors="ignore"), bad, summary
+
+
+def run_gather(args: argparse.Namespace) -> None:
+    from gzmorph import catalog
+    from gzmorph.io import write_json, write_parquet
+
+    df, bad, summary = gather(args.chunks, args.quarantines, args.reports)
+    catalog.validate(df, args.out)
+    write_parquet(args.quarantine, bad)
+    write_parquet(args.out, df)
+    summary["survey"] = args.survey
+    write_json(args.report, summary)
+    log.info("%s: %d of %d galaxies have images", args.survey, len(df), summary["galaxies"])
+    if len(bad):
+        log.warning("%s: %d galaxies quarantined (%s); the pipeline continues without them, see %s",
+                    args.survey, len(bad), summary["failure_reasons"], args.quarantine)
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def estimate(params: dict[str, Any], survey: str, catalog_path: Path | None,
+             list_record: Callable[[dict[str, Any]], list[Any]] | None = None) -> dict[str, Any]:
+    """Files, bytes and time to fetch one survey, from its catalog if fetched, else the published sizes."""
+    spec = survey_spec(params, survey)
+    if catalog_path is not None and catalog_path.exists():
+        galaxies, basis = len(pd.read_parquet(catalog_path, columns=["id_str"])), f"catalog {catalog_path}"
+    elif spec["catalog"] == "gz2-hart16":
+        rows = PUBLISHED_ROWS["gz2-hart16"]
+        galaxies = sum(n for s, n in rows.items() if spec.get("samples") is None or s in spec["samples"])
+        basis = "published Hart16 sample sizes (before the vote filter)"
+    else:
+        galaxies, basis = PUBLISHED_ROWS["gz-decals-dr5"], "published GZ DECaLS DR5 size (before filters)"
+    limit = params["real"]["max_galaxies"]
+    if limit is not None:
+        galaxies = min(galaxies, limit)
+    services = params["real"]["services"]
+    result: dict[str, Any] = {"survey": survey, "galaxies": galaxies, "basis": basis, "files": [], "bytes": 0,
+                              "requests": {}, "hours_at_rate_limit": 0.0}
+    source = spec["images"]
+    if source == "zenodo":
+        from gzmorph.sources import zenodo
+
+        files = list_record(spec) if list_record else None
+        if files is None:
+            session = session_for(params, "zenodo")
+            files = zenodo.list_files(session, base_url=services["zenodo"]["base_url"],
+                                      record_id=spec["zenodo_record"], settings=http_settings(params))
+        chosen = zenodo.select(files, [spec["catalog_file"], *spec["image_files"]])
+        result["files"] = [{"key": f.key, "bytes": f.size} for f in chosen]
+        result["bytes"] = sum(f.size for f in chosen)
+        result["requests"]["zenodo"] = len(chosen) + 1
+    else:
+        result["files"] = [{"key": f"{galaxies} cutouts", "bytes": galaxies * TYPICAL_BYTES[source]}]
+        result["bytes"] = galaxies * TYPICAL_BYTES[source]
+        result["requests"][source] = galaxies
+        if spec["catalog"] == "gz2-hart16" and spec.get("skyserver_cutout", {}).get("scale") == "petrosian":
+            result["requests"]["skyserver"] = galaxies + 2 * math.ceil(galaxies / 500)  # + SQL batches
+    hours = sum(n / services[s]["requests_per_minute"] / 60 for s, n in result["requests"].items())
+    result["hours_at_rate_limit"] = round(hours, 2)
+    return result
+
+
+def run_estimate(args: argparse.Namespace) -> None:
+    from gzmorph import config
+
+    params = config.load(args.params)
+    surveys = args.survey or list(params["real"]["surveys"])
+    total_bytes, total_hours = 0, 0.0
+    for survey in surveys:
+        catalog_path = REAL_DIR / survey / "catalog.parquet"
+        e = estimate(params, survey, catalog_path)
+        total_bytes += e["bytes"]
+        total_hours += e["hours_at_rate_limit"]
+        print(f"{survey}: {e['galaxies']:,} galaxies ({e['basis']})")
+        for f in e["files"]:
+            print(f"  {f['key']}: {f['bytes'] / 1e9:.2f} GB")
+        for service, n in e["requests"].items():
+            rate = params["real"]["services"][service]["requests_per_minute"]
+            print(f"  {service}: {n:,} requests at {rate:g}/min = {n / rate / 60:.1f} h")
+        mbps = args.bandwidth_mbps
+        hours = e["bytes"] * 8 / (mbps * 1e6) / 3600
+        print(f"  download: {e['bytes'] / 1e9:.2f} GB = {hours:.1f} h at {mbps:g} Mbit/s")
+    print(f"total: {total_bytes / 1e9:.2f} GB; at least {total_hours:.1f} h of rate-limited requests "
+          "(services run in parallel; cutouts of one service do not)")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from gzmorph import config
+
+    p = sub.add_parser("fetch", help="real Galaxy Zoo catalogs and images (data_source: real)")
+    steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    def step(name: str, help_text: str, func: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
+        s = steps.add_parser(name, help=help_text)
+        config.add_params_argument(s)
+        s.add_argument("--no-progress", action="store_true", help="no progress bars")
+        s.set_defaults(func=func)
+        return s
+
+    s = step("catalog", "read, map and filter a survey's vote catalog; deal it into chunks", run_catalog)
+    s.add_argument("--survey", required=True)
+    s.add_argument("--downloads", default=str(REAL_DIR / "downloads"), help="where downloaded files are kept")
+    s.add_argument("--out", required=True, help="catalog parquet with a chunk column")
+    s.add_argument("--report", required=True, help="JSON: rows read and dropped by each filter")
+
+    s = step("archives", "download a survey's Zenodo image zips (md5-checked, resumable)", run_archives)
+    s.add_argument("--survey", required=True)
+    s.add_argument("--downloads", default=str(REAL_DIR / "downloads"))
+    s.add_argument("--out", required=True, help="JSON manifest of the local zip files")
+
+    s = step("images", "fetch one chunk's images", run_images)
+    s.add_argument("--survey", required=True)
+    s.add_argument("--catalog", required=True, help="the survey's chunked catalog (fetch catalog --out)")
+    s.add_argument("--chunk", required=True, type=int)
+    s.add_argument("--archives", help="archives manifest (fetch archives --out) when images come from zips")
+    s.add_argument("--images", help="image directory (default data/real/<survey>/images/<chunk>)")
+    s.add_argument("--out", required=True, help="parquet: the chunk's galaxies with images, file_loc set")
+    s.add_argument("--quarantine", required=True, help="parquet: galaxies that failed, with the reason")
+    s.add_argument("--report", required=True, help="JSON: fetched, fallback, skipped, failed and why")
+
+    s = step("gather", "join a survey's chunks into its canonical catalog", run_gather)
+    s.add_argument("--survey", required=True)
+    s.add_argument("--chunks", nargs="+", required=True)
+    s.add_argument("--quarantines", nargs="+", required=True)
+    s.add_argument("--reports", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--quarantine", required=True)
+    s.add_argument("--report", required=True)
+
+    s = step("estimate", "print files, bytes and expected time of fetching (one Zenodo API request)", run_estimate)
+    s.add_argument("--survey", action="append", help="survey to estimate (repeatable; default: all)")
+    s.add_argument("--bandwidth-mbps", type=float, default=100.0, help="assumed download bandwidth")
