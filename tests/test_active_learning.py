@@ -14,6 +14,14 @@ from gzmorph import active_learning as al
 from gzmorph import config
 
 INITIAL, PER_ITERATION, ITERATIONS = 16, 8, 2
+# Settings added with issue #6; filled in here while the repository's params.yaml may still lack them.
+NEW_SETTINGS = {"warm_start": False, "min_epochs": 0}
+
+
+def _with_new_settings(params: dict) -> dict:
+    for key, value in NEW_SETTINGS.items():
+        params["active_learning"].setdefault(key, value)
+    return params
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,7 +97,8 @@ def tiny(tmp_path_factory):
                                         "iterations": ITERATIONS}}}}
     path = root / "override.yaml"
     path.write_text(yaml.safe_dump(override))
-    params = config.load([ROOT / "params.yaml", path])
+    params = _with_new_settings(config.load([ROOT / "params.yaml", path]))
+    warm = {**params, "active_learning": {**params["active_learning"], "warm_start": True}}
 
     recorded: list[np.ndarray] = []
     rng = np.random.default_rng(0)
@@ -100,18 +109,40 @@ def tiny(tmp_path_factory):
         recorded.append(scores)
         return scores
 
+    # (init, trained model, its weights then) per iteration, for the run in progress
+    trainings: dict[str, list[tuple]] = {"bald": [], "random": []}
+    running = ["bald"]
+    train_model = al._train_model
+
+    def spy(*args, init=None, **kwargs):
+        result = train_model(*args, init=init, **kwargs)
+        trainings[running[0]].append((init, result[0], [w.copy() for w in result[0].get_weights()]))
+        return result
+
+    load = config.load
+
+    def load_cold(paths):
+        params = _with_new_settings(load(paths))
+        params["active_learning"]["warm_start"] = False
+        return params
+
     out = root / "out"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(al, "bald_scores", fake_scores)
-        al.simulate(params, QUESTION, "bald", 0, shards, out / "bald_0.csv", out / "bald_0.parquet", threads=2)
-    args = _parser().parse_args(["active-learning", "run", "--params", str(ROOT / "params.yaml"), "--params",
-                                 str(path), "--question", QUESTION, "--strategy", "random", "--seed", "0",
-                                 "--shards", str(shards), "--out", str(out / "random_0.csv"), "--acquired",
-                                 str(out / "random_0.parquet"), "--threads", "2"])
-    args.func(args)
+        mp.setattr(al, "_train_model", spy)
+        # BALD warm-starts every iteration from the last model; random trains fresh ones (whatever params.yaml says)
+        mp.setattr(config, "load", load_cold)
+        al.simulate(warm, QUESTION, "bald", 0, shards, out / "bald_0.csv", out / "bald_0.parquet", threads=2)
+        running[0] = "random"
+        args = _parser().parse_args(["active-learning", "run", "--params", str(ROOT / "params.yaml"), "--params",
+                                     str(path), "--question", QUESTION, "--strategy", "random", "--seed", "0",
+                                     "--shards", str(shards), "--out", str(out / "random_0.csv"), "--acquired",
+                                     str(out / "random_0.parquet"), "--threads", "2"])
+        args.func(args)
     keep = df["bar_total-votes"] >= 10
     return {"root": root, "shards": shards, "params": params, "params_files": [ROOT / "params.yaml", path],
-            "out": out, "recorded": recorded, "train_ids": set(df.loc[keep & (df["split"] == "train"), "id_str"]),
+            "out": out, "recorded": recorded, "trainings": trainings,
+            "train_ids": set(df.loc[keep & (df["split"] == "train"), "id_str"]),
             "test_ids": set(df.loc[keep & (df["split"] == "test"), "id_str"])}
 
 
@@ -209,6 +240,37 @@ def test_summarize_fake_runs_without_shards(tmp_path):
     assert summary["bald_wins_all_repeats"].all() and (summary["n_repeats"] == 2).all()
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
         "bar_acquired.png", "bar_curves.png", "smooth-or-featured_acquired.png", "smooth-or-featured_curves.png"]
+
+
+def test_warm_start_fine_tunes_the_previous_model(tiny):
+    bald, rand = tiny["trainings"]["bald"], tiny["trainings"]["random"]
+    assert len(bald) == len(rand) == ITERATIONS + 1
+    assert bald[0][0] is None  # the first model is always fresh
+    for i in range(1, ITERATIONS + 1):
+        init, model, _ = bald[i]
+        assert init is bald[i - 1][1] and model is init  # trained further, not rebuilt
+    # it really was trained on: the weights moved away from where the previous iteration left them
+    assert any(not np.allclose(a, b) for a, b in zip(bald[0][2], bald[1][2], strict=True))
+    assert all(init is None for init, _, _ in rand)
+    assert len({id(model) for _, model, _ in rand}) == ITERATIONS + 1
+
+
+def test_kept_epoch_follows_early_stopping():
+    val = np.array([5.0, 4.0, 3.0, 6.0, 3.0, 7.0])
+    assert al.kept_epoch(val, 0) == 2  # the first of the tied lowest
+    assert al.kept_epoch(val, 3) == 4  # epochs before min_epochs are never kept
+    assert al.kept_epoch(val[:2], 5) == 1  # stopped before min_epochs: nothing restored, the last epoch
+    assert al.kept_epoch(np.array([1.0, np.nan, 2.0]), 1) == 2
+
+
+def test_new_settings_missing_or_wrong_are_config_errors():
+    with pytest.raises(config.ConfigError, match="active_learning.warm_start is missing"):
+        al.al_setting({"active_learning": {}}, "warm_start")
+    with pytest.raises(config.ConfigError, match="active_learning.min_epochs must be"):
+        al.al_setting({"active_learning": {"min_epochs": -1}}, "min_epochs")
+    with pytest.raises(config.ConfigError, match="true or false"):
+        al.al_setting({"active_learning": {"warm_start": "yes"}}, "warm_start")
+    assert al.al_setting({"active_learning": {"min_epochs": 3}}, "min_epochs") == 3
 
 
 def test_unknown_question_is_a_config_error(tiny):

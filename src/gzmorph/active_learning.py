@@ -9,10 +9,15 @@
   every iteration would dominate the run time.
 * ``initial`` pool galaxies, drawn at random from (params seed, run seed), start labelled; the draw
   does not depend on the strategy, so BALD and random runs with the same seed are paired.
-* iteration i = 0..``iterations``: train a fresh model (seeded from params seed, run seed and i;
-  Adam at ``train.learning_rate``, :class:`~gzmorph.losses.BinomialLoss`, EarlyStopping on the val
-  loss with the best weights restored; an epoch is at least ``min_steps_per_epoch`` batches, repeating a
-  small labelled set) on the labelled galaxies; evaluate it on the test split with
+* iteration i = 0..``iterations``: train a model on the labelled galaxies (Adam at
+  ``train.learning_rate``, :class:`~gzmorph.losses.BinomialLoss`, EarlyStopping on the val loss with the
+  best weights restored; an epoch is at least ``min_steps_per_epoch`` batches, repeating a small labelled
+  set).  The first model is fresh (seeded from params seed and run seed, so BALD and random share it);
+  later ones are fresh too (seeded from params seed, run seed and i) unless ``warm_start``, when the
+  previous iteration's model is trained further (fresh Adam) on the grown labelled set.  A fresh
+  model's early stopping ignores its first ``min_epochs`` epochs: it starts on a plateau at the constant
+  prediction, and stopping there gave "collapsed" iterations (:func:`_train_model`).  Evaluate it on the
+  test split with
   T = ``passes`` MC-dropout passes; then, except after the last model, acquire ``per_iteration``
   unlabelled pool galaxies and add them (with their already known votes: the "collected"
   classifications) to the labelled set:
@@ -178,9 +183,38 @@ def _write_outputs(rows: list[dict], acquired: list[dict], out: str | Path, acqu
         io.write_parquet(acquired_path, df)
 
 
+NEW_SETTINGS = {  # active_learning settings added with issue #6: (type, what to put in params.yaml)
+    "warm_start": (bool, "true: fine-tune the previous iteration's model; false: a fresh model every iteration"),
+    "min_epochs": (int, "epochs a fresh model trains before early stopping may stop or keep weights"),
+}
+
+
+def al_setting(params: dict[str, Any], key: str) -> Any:
+    """``active_learning.<key>`` of the newer settings, with a clear error when params.yaml predates it."""
+    kind, help_text = NEW_SETTINGS[key]
+    al = params["active_learning"]
+    if key not in al:
+        raise ConfigError(f"active_learning.{key} is missing from the params; add it ({help_text})")
+    value = al[key]
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"active_learning.{key} must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigError(f"active_learning.{key} must be an integer >= 0, got {value!r}")
+    return value
+
+
 def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, model_seed: int, train: Split,
-                 val: Split) -> tuple[keras.Model, float, float, int]:
-    """A fresh seeded model fitted on ``train``; returns (model, train_loss, val_loss at best epoch, epochs)."""
+                 val: Split, init: keras.Model | None = None) -> tuple[keras.Model, float, float, int]:
+    """A model fitted on ``train``; returns (model, train_loss, val_loss at the kept epoch, epochs).
+
+    ``init`` None: a fresh model seeded from ``model_seed``.  Otherwise ``init`` itself is trained further
+    (warm start) with a fresh Adam; ``model_seed`` still seeds the shuffling, dropout and augmentation.
+    A fresh model sits on a plateau near the constant prediction for its first ~100 steps; with ``patience``
+    epochs of ``min_steps_per_epoch`` steps, early stopping could end training there and restore a plateau
+    epoch (a "collapsed" iteration, RMSE ~ the constant predictor's).  So for a fresh model early stopping
+    watches the val loss only from epoch ``min_epochs`` on (earlier epochs can neither stop training nor be
+    restored).  A warm-started model is past the plateau and is watched from its first epoch.
+    """
     import keras
     import tensorflow as tf
 
@@ -188,11 +222,12 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     from gzmorph.train import build_question_model
 
     al = params["active_learning"]
+    min_epochs = int(al_setting(params, "min_epochs")) if init is None else 0
     keras.utils.set_random_seed(model_seed)
-    model = build_question_model({**params, "seed": model_seed}, spec, resolution)
+    model = build_question_model({**params, "seed": model_seed}, spec, resolution) if init is None else init
     model.compile(optimizer=keras.optimizers.Adam(float(params["train"]["learning_rate"])), loss=BinomialLoss())
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(al["patience"]),
-                                               restore_best_weights=True),
+                                               restore_best_weights=True, start_from_epoch=min_epochs),
                  keras.callbacks.TerminateOnNaN()]
     # Small labelled sets would give epochs of one or two steps, too few for early stopping to judge: repeat the
     # (reshuffled) set so that every epoch has at least min_steps_per_epoch batches.
@@ -207,8 +242,20 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     val_loss = np.asarray(history.history["val_loss"], np.float64)
     if not np.isfinite(val_loss).any():
         raise RuntimeError(f"training {spec.question}: validation loss was never finite")
-    best = int(np.nanargmin(val_loss))
+    best = kept_epoch(val_loss, min_epochs)
     return model, float(history.history["loss"][best]), float(val_loss[best]), len(val_loss)
+
+
+def kept_epoch(val_loss: np.ndarray, min_epochs: int) -> int:
+    """The epoch whose weights EarlyStopping(start_from_epoch=min_epochs, restore_best_weights) keeps.
+
+    The lowest finite val loss from ``min_epochs`` on (the first, on ties); the last epoch when training
+    ended before ``min_epochs`` or no watched epoch was finite (nothing restored).
+    """
+    watched = np.asarray(val_loss, np.float64)[min_epochs:]
+    if not np.isfinite(watched).any():
+        return len(val_loss) - 1
+    return min_epochs + int(np.nanargmin(watched))
 
 
 def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, shard_dir: str | Path,
@@ -226,6 +273,8 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     spec = question_spec(params, question, manifest["tree"])
     al = params["active_learning"]
     passes = int(al["passes"])
+    warm_start = bool(al_setting(params, "warm_start"))
+    al_setting(params, "min_epochs")  # fail before loading data when params.yaml predates it
     configure_threads(threads)
     device, gpu = describe_device()
     base_seed = int(params["seed"])
@@ -251,12 +300,13 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
 
     rows: list[dict] = []
     acquired: list[dict] = []
+    model = None
     for iteration in range(iterations + 1):
         start = time.perf_counter()
         train_set = Split(pool.images[labelled], pool.ids[labelled], pool.k[labelled], pool.n[labelled])
         model_seed = base_seed + 1000 * int(seed) + iteration
         model, train_loss, val_loss, epochs = _train_model(params, spec, int(manifest["resolution"]), model_seed,
-                                                           train_set, val)
+                                                           train_set, val, init=model if warm_start else None)
         test_rho = mc_rho(model, test.images, passes)
         eval_loss, eval_rmse = evaluate(test_rho, test)
         n_votes = int(al["expected_votes"] or expected_votes(train_set.n, spec.min_total_votes))
@@ -291,7 +341,6 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
                  strategy, seed, iteration, rows[-1]["n_labelled"], epochs, eval_loss, eval_rmse,
                  rows[-1]["seconds"])
         _write_outputs(rows, acquired, out, acquired_path)
-        del model
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 

@@ -221,13 +221,29 @@ EXTENSIONS = {"skyserver": ".jpg", "legacysurvey": ".jpg", "zenodo": ".png"}
 class ImageSources:
     """Fetchers of one survey's images, by source name; each returns checked image bytes or raises."""
 
-    def __init__(self, params: dict[str, Any], spec: dict[str, Any], archives: dict[str, Any] | None,
+    def __init__(self, params: dict[str, Any], spec: dict[str, Any], archive_paths: Sequence[Path] | None,
                  pool_size: int) -> None:
+        import threading
+
+        from gzmorph import archives
+
         self.params, self.spec = params, spec
         self.settings = http_settings(params)
         self.services = params["real"]["services"]
         self.sessions = {s: session_for(params, s, pool_size) for s in ("skyserver", "legacysurvey")}
-        self.archive_index = archives
+        # One reader keeps each zip open (its central directory parsed once, not once per galaxy); the lock
+        # serialises extraction, which is disk-bound anyway.
+        self.reader = archives.ZipReader()
+        self.zip_lock = threading.Lock()
+        self.archive_index: dict[str, tuple[Path, str]] = {}
+        if archive_paths:
+            found = archives.index(archive_paths, reader=self.reader)
+            self.archive_index = found.members
+
+    def close(self) -> None:
+        self.reader.close()
+        for session in self.sessions.values():
+            session.close()
 
     def fetch(self, source: str, row: pd.Series, target: Path) -> None:
         from gzmorph.io import write_bytes
@@ -270,7 +286,8 @@ class ImageSources:
             raise FetchError("not in the image archives")
         zip_path, name = entry
         try:
-            archives.extract(zip_path, name, target, max_bytes=MAX_IMAGE_BYTES)
+            with self.zip_lock:
+                archives.extract(zip_path, name, target, max_bytes=MAX_IMAGE_BYTES, reader=self.reader)
             check_image(target.read_bytes(), size=None, formats=("PNG",))
         except archives.ArchiveError as exc:
             target.unlink(missing_ok=True)
@@ -313,24 +330,27 @@ def reason_class(reason: str) -> str:
 
 
 def fetch_chunk(params: dict[str, Any], survey: str, rows: pd.DataFrame, images_dir: Path, *,
-                archive_index: dict[str, Any] | None = None, progress: bool = True,
-                sources: ImageSources | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+                archive_paths: Sequence[Path] | None = None, progress: bool = True
+                ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Fetch the images of ``rows``; return (catalog rows with file_loc, quarantine rows, report)."""
     from tqdm import tqdm
 
     spec = survey_spec(params, survey)
     chain = [spec["images"]] + ([spec["fallback"]] if spec.get("fallback", "none") != "none" else [])
     threads = params["real"]["threads_per_chunk"]
-    sources = sources or ImageSources(params, spec, archive_index, pool_size=threads)
     images_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     records = [row for _, row in rows.iterrows()]
-    with ThreadPoolExecutor(threads) as pool, tqdm(total=len(records), unit="galaxy", desc=f"fetch {survey}",
-                                                   file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
-        outcomes = []
-        for outcome in pool.map(lambda r: fetch_one(sources, r, images_dir, chain), records):
-            outcomes.append(outcome)
-            bar.update(1)
+    sources = ImageSources(params, spec, archive_paths, pool_size=threads)
+    try:
+        with ThreadPoolExecutor(threads) as pool, tqdm(total=len(records), unit="galaxy", desc=f"fetch {survey}",
+                                                       file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
+            outcomes = []
+            for outcome in pool.map(lambda r: fetch_one(sources, r, images_dir, chain), records):
+                outcomes.append(outcome)
+                bar.update(1)
+    finally:
+        sources.close()
     seconds = time.monotonic() - start
 
     by_id = {o.id_str: o for o in outcomes}
@@ -352,16 +372,12 @@ def fetch_chunk(params: dict[str, Any], survey: str, rows: pd.DataFrame, images_
     return fetched.reset_index(drop=True), bad.reset_index(drop=True)[list(QUARANTINE_COLUMNS)], report
 
 
-def load_archive_index(manifest_path: str | None) -> dict[str, Any] | None:
+def archive_paths(manifest_path: str | None) -> list[Path] | None:
+    """The zips listed by ``fetch archives``; each was md5-checked when it was downloaded."""
     if manifest_path is None:
         return None
-    from gzmorph import archives
-
     manifest = json.loads(Path(manifest_path).read_text())
-    index = archives.index([Path(f["path"]) for f in manifest["files"]])
-    if index.unsafe:
-        log.warning("%d archive member(s) with unsafe names (absolute or '..') are ignored", len(index.unsafe))
-    return index.members
+    return [Path(f["path"]) for f in manifest["files"]]
 
 
 def run_images(args: argparse.Namespace) -> None:
@@ -376,7 +392,7 @@ def run_images(args: argparse.Namespace) -> None:
     rows = df[df["chunk"] == args.chunk].reset_index(drop=True)
     images_dir = REAL_DIR / args.survey / "images" / f"{args.chunk:04d}" if args.images is None else Path(args.images)
     fetched, bad, report = fetch_chunk(params, args.survey, rows, images_dir,
-                                       archive_index=load_archive_index(args.archives),
+                                       archive_paths=archive_paths(args.archives),
                                        progress=not args.no_progress)
     report["chunk"] = args.chunk
     write_parquet(args.quarantine, bad)

@@ -74,6 +74,7 @@ class Imitation(ThreadingHTTPServer):
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self.log: list[Served] = []
+        self.faults_taken: list[Fault] = []  # recorded when a request picks the fault up (before any stall)
         self._thread: threading.Thread | None = None
 
     # -- to implement ------------------------------------------------------------------------------
@@ -109,6 +110,7 @@ class Imitation(ThreadingHTTPServer):
                     fault.times -= 1
                     if fault.times <= 0:
                         self._faults.remove(fault)
+                    self.faults_taken.append(fault)
                     return fault
         return None
 

@@ -1,0 +1,1 @@
+"""Clients and parsers of the real Galaxy Zoo data sources."""

@@ -1,0 +1,129 @@
+"""The real-data world on loopback: simulated surveys served in the real formats by the service imitations.
+
+:func:`serve_world` takes two canonical catalogs from the simulator (an SDSS-like one with integer ids and a
+DECaLS-like one with IAU names), writes them in the published formats (Hart16 CSV, GZ DECaLS volunteers CSV,
+PNG zips in the ``J###/<iauname>.png`` layout) and serves them from imitations of SkyServer, Zenodo, the
+Legacy Survey viewer and a plain file host.  ``World.real_params()`` is the ``real:`` section pointing at them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gzmorph.sources import gz2, gzdecals
+from imitations.base import Imitation, Reply, Request
+from imitations.legacysurvey import LegacySurveyImitation
+from imitations.skyserver import SkyServerImitation
+from imitations.zenodo import ZenodoImitation, make_png_zip
+
+RECORD = 4573248
+CATALOG_FILE = "gz_decals_volunteers_5.csv"
+
+
+class FileHost(Imitation):
+    """Static files by name, with Range (where a catalog URL such as gz2_hart16.csv.gz points)."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        super().__init__()
+        self.files = files
+
+    def route(self, request: Request) -> Reply:
+        path = self.files.get(request.path.lstrip("/"))
+        if path is None:
+            return Reply(404, b"<html><body>Not Found</body></html>", "text/html")
+        return Reply(200, path.read_bytes(), ranges=True)
+
+
+@dataclass
+class World:
+    skyserver: SkyServerImitation
+    zenodo: ZenodoImitation
+    legacysurvey: LegacySurveyImitation
+    files: FileHost
+    not_in_zips: list[str]        # DECaLS galaxies left out of the zips (the fallback must fetch them)
+
+    @property
+    def services(self) -> list[Imitation]:
+        return [self.skyserver, self.zenodo, self.legacysurvey, self.files]
+
+    def real_params(self, *, chunks: int = 2, size: int = 96, max_galaxies: int | None = None) -> dict[str, Any]:
+        return {
+            "chunks": chunks, "max_galaxies": max_galaxies, "threads_per_chunk": 2,
+            "http": {"timeout_s": 2.0, "retries": 4, "backoff_s": 0.05, "backoff_max_s": 1.0},
+            "services": {
+                "skyserver": {"base_url": self.skyserver.url, "data_release": 17, "requests_per_minute": 60000},
+                "zenodo": {"base_url": self.zenodo.url, "requests_per_minute": 60000},
+                "legacysurvey": {"base_url": self.legacysurvey.url, "requests_per_minute": 60000},
+            },
+            "surveys": {
+                "sdss": {
+                    "catalog": "gz2-hart16", "location": f"{self.files.url}/gz2_hart16.csv.gz",
+                    "samples": ["original", "extra"], "min_total_votes": 0, "images": "skyserver", "fallback": "none",
+                    "skyserver_cutout": {"size": size, "scale": "petrosian", "petrosian_factor": 0.02,
+                                         "fixed_scale": 0.396},
+                },
+                "decals": {
+                    "catalog": "gz-decals-dr5", "zenodo_record": RECORD, "catalog_file": CATALOG_FILE,
+                    "min_total_votes": 0, "images": "zenodo", "image_files": ["gz_decals_dr5_png_part*.zip"],
+                    "fallback": "legacysurvey",
+                    "legacysurvey_cutout": {"layer": "ls-dr9", "pixscale": 0.262, "size": size},
+                },
+            },
+        }
+
+    def faults_taken(self) -> int:
+        return sum(len(s.faults_taken) for s in self.services)
+
+
+def _image_table(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"ra": df["ra"].to_numpy(float), "dec": df["dec"].to_numpy(float),
+                         "file_loc": df["file_loc"].astype(str).to_numpy()})
+
+
+def write_world_files(sdss: pd.DataFrame, decals: pd.DataFrame, directory: Path, *, zip_parts: int = 2,
+                      left_out: float = 0.1) -> tuple[dict[str, Path], dict[str, Path], list[str]]:
+    """The published files: (file-host files, Zenodo record files, iaunames left out of the zips)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    hart16 = gz2.from_canonical(sdss)
+    hart16_path = directory / "gz2_hart16.csv.gz"
+    hart16.to_csv(hart16_path, index=False)
+
+    volunteers_path = directory / CATALOG_FILE
+    gzdecals.from_canonical(decals).to_csv(volunteers_path, index=False)
+    names = decals["id_str"].astype(str).tolist()
+    n_out = int(round(len(names) * left_out))
+    not_in_zips = names[::max(1, len(names) // max(n_out, 1))][:n_out]
+    zipped = [n for n in names if n not in set(not_in_zips)]
+    record: dict[str, Path] = {CATALOG_FILE: volunteers_path}
+    locs = dict(zip(names, decals["file_loc"].astype(str), strict=True))
+    for part in range(zip_parts):
+        members = {n: Path(locs[n]).read_bytes() for n in zipped[part::zip_parts]}
+        extra = {"../outside.png": b"zip-slip", "/etc/absolute.png": b"absolute"} if part == 0 else {}
+        key = f"gz_decals_dr5_png_part{part + 1}.zip"
+        record[key] = make_png_zip(directory / key, members, extra)
+    return {"gz2_hart16.csv.gz": hart16_path}, record, not_in_zips
+
+
+@contextlib.contextmanager
+def serve_world(sdss: pd.DataFrame, decals: pd.DataFrame, directory: Path, **kw: Any) -> Iterator[World]:
+    """Start the four imitations for the two catalogs; stop them on exit."""
+    host_files, record_files, not_in_zips = write_world_files(sdss, decals, directory, **kw)
+    sky = _image_table(sdss)
+    sky["dr7objid"] = sdss["id_str"].astype("int64").to_numpy()
+    sky["dr8objid"] = sky["dr7objid"] + 1
+    sky["petroR90_r"] = sdss["truth_petro_r90_arcsec"].to_numpy(float)
+    with contextlib.ExitStack() as stack:
+        world = World(
+            skyserver=stack.enter_context(SkyServerImitation(sky)),
+            zenodo=stack.enter_context(ZenodoImitation(RECORD, record_files)),
+            legacysurvey=stack.enter_context(LegacySurveyImitation(_image_table(decals))),
+            files=stack.enter_context(FileHost(host_files)),
+            not_in_zips=not_in_zips,
+        )
+        yield world

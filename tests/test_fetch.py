@@ -1,0 +1,253 @@
+"""The real-data fetch stage against loopback imitations of SkyServer, Zenodo and the Legacy Survey.
+
+The galaxies are a tiny simulated run written in the published formats (tests/imitations/world.py).
+No test here touches the real network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from gzmorph import catalog, cli, config, fetch
+from imitations.world import serve_world
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "params_tiny.yaml"
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    """Tiny simulated SDSS and DECaLS catalogs with their PNGs (the truth the imitations serve)."""
+    out = tmp_path_factory.mktemp("simulated")
+    params = [str(ROOT / "params.yaml"), str(TINY)]
+    args = [a for p in params for a in ("--params", p)]
+    sky = out / "sky.parquet"
+    assert cli.main(["simulate", "sky", *args, "--out", str(sky)]) == 0
+    result = {}
+    for survey in ("sdss", "decals"):
+        cat = out / f"{survey}.parquet"
+        assert cli.main(["simulate", "survey", *args, "--survey", survey, "--sky", str(sky), "--images",
+                         str(out / survey), "--catalog", str(cat), "--threads", "1", "--no-progress"]) == 0
+        result[survey] = catalog.load(cat)
+    return result
+
+
+@pytest.fixture()
+def world(simulated, tmp_path):
+    with serve_world(simulated["sdss"], simulated["decals"], tmp_path / "published") as w:
+        yield w
+
+
+def write_params(workdir: Path, world, **kw) -> list[str]:
+    real = workdir / "real.yaml"
+    real.write_text(yaml.safe_dump({"data_source": "real", "real": world.real_params(**kw)}))
+    return ["--params", str(ROOT / "params.yaml"), "--params", str(TINY), "--params", str(real)]
+
+
+def run_fetch(workdir: Path, params: list[str], survey: str, chunks: int) -> dict:
+    """catalog -> (archives) -> images per chunk -> gather, as the Snakemake rules chain them."""
+    d = workdir / "data/real" / survey
+    assert cli.main(["fetch", "catalog", *params, "--survey", survey, "--out", str(d / "catalog.parquet"),
+                     "--report", str(workdir / f"results/fetch/{survey}_catalog.json"), "--no-progress"]) == 0
+    archives = []
+    if survey == "decals":
+        assert cli.main(["fetch", "archives", *params, "--survey", survey, "--out", str(d / "archives.json"),
+                         "--no-progress"]) == 0
+        archives = ["--archives", str(d / "archives.json")]
+    for c in range(chunks):
+        assert cli.main(["fetch", "images", *params, "--survey", survey, "--catalog", str(d / "catalog.parquet"),
+                         "--chunk", str(c), *archives, "--out", str(d / f"chunks/{c}.parquet"),
+                         "--quarantine", str(d / f"chunks/{c}_quarantine.parquet"),
+                         "--report", str(workdir / f"results/fetch/{survey}/chunk_{c}.json"), "--no-progress"]) == 0
+    ids = range(chunks)
+    assert cli.main(["fetch", "gather", "--survey", survey,
+                     "--chunks", *[str(d / f"chunks/{c}.parquet") for c in ids],
+                     "--quarantines", *[str(d / f"chunks/{c}_quarantine.parquet") for c in ids],
+                     "--reports", *[str(workdir / f"results/fetch/{survey}/chunk_{c}.json") for c in ids],
+                     "--out", str(workdir / f"data/catalogs/{survey}.parquet"),
+                     "--quarantine", str(d / "quarantine.parquet"),
+                     "--report", str(workdir / f"results/fetch/{survey}.json")]) == 0
+    return json.loads((workdir / f"results/fetch/{survey}.json").read_text())
+
+
+def landed_images_are_sound(df: pd.DataFrame, size: int | None) -> None:
+    """Every image the catalog points at decodes fully (and has the requested size)."""
+    for loc in df["file_loc"]:
+        with Image.open(loc) as img:
+            img.load()
+            if size is not None:
+                assert img.size == (size, size), loc
+
+
+def vote_columns_equal(fetched: pd.DataFrame, truth: pd.DataFrame) -> None:
+    tree = catalog.validate(fetched)
+    merged = fetched.merge(truth, on="id_str", suffixes=("", "_truth"))
+    assert len(merged) == len(fetched)
+    for col in tree.vote_columns:
+        assert (merged[col] == merged[f"{col}_truth"]).all(), col
+
+
+def test_fetch_both_surveys_through_the_imitations(world, simulated, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, world, chunks=2, size=SIZE)
+
+    sdss = run_fetch(tmp_path, params, "sdss", 2)
+    df = catalog.load(tmp_path / "data/catalogs/sdss.parquet")
+    assert sdss["fetched"] == sdss["in_catalog"] == len(df) == len(simulated["sdss"]) and sdss["failed"] == 0
+    vote_columns_equal(df, simulated["sdss"])
+    landed_images_are_sound(df, SIZE)
+    # GZ2 style: the cutout scale follows petroR90_r from the SQL query (0.02 x petroR90_r arcsec/px)
+    cutouts = world.skyserver.requests_to("getjpeg")
+    scales = {round(float(s.request.query["scale"]), 6) for s in cutouts}
+    expected = {round(0.02 * r, 6) for r in simulated["sdss"]["truth_petro_r90_arcsec"]}
+    assert scales == expected
+    assert all(s.request.query["opt"] == "" and s.request.query["width"] == str(SIZE) for s in cutouts)
+
+    decals = run_fetch(tmp_path, params, "decals", 2)
+    df = catalog.load(tmp_path / "data/catalogs/decals.parquet")
+    assert decals["in_catalog"] == len(simulated["decals"]) and decals["failed"] == 0
+    assert decals["fallback"] == len(world.not_in_zips) > 0  # from the Legacy Survey
+    assert len(world.legacysurvey.requests_to("cutout")) == len(world.not_in_zips)
+    vote_columns_equal(df, simulated["decals"])
+    landed_images_are_sound(df, None)
+    # PNGs from the zips are the published bytes
+    truth = dict(zip(simulated["decals"]["id_str"], simulated["decals"]["file_loc"], strict=True))
+    for id_str, loc in zip(df["id_str"], df["file_loc"], strict=True):
+        if id_str not in world.not_in_zips:
+            assert Path(loc).read_bytes() == Path(truth[id_str]).read_bytes()
+    # the hostile members of part 1 were never written anywhere
+    assert not list(tmp_path.rglob("outside.png")) and not list(tmp_path.rglob("absolute.png"))
+
+    # a re-run fetches nothing twice: no new image or file-content requests
+    before = {s: len(s.log) for s in world.services}
+    again = run_fetch(tmp_path, params, "sdss", 2)
+    assert again["skipped"] == again["galaxies"] and again["fetched"] == 0
+    assert len(world.skyserver.requests_to("getjpeg")) == len(cutouts)
+    again = run_fetch(tmp_path, params, "decals", 2)
+    assert again["skipped"] == again["galaxies"]
+    assert not [s for s in world.zenodo.log[before[world.zenodo]:] if s.request.path.endswith(".zip/content")]
+
+
+def test_faults_never_land_corrupt_files_and_a_rerun_finishes(world, simulated, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, world, chunks=2, size=SIZE)
+    sky, zen, legacy = world.skyserver, world.zenodo, world.legacysurvey
+    sky.inject("status", match="getjpeg", code=503, times=3)
+    sky.inject("status", match="getjpeg", code=429, retry_after=1)
+    sky.inject("stall", match="getjpeg", seconds=3)
+    sky.inject("truncate", match="getjpeg", times=2)
+    sky.inject("body", match="getjpeg", times=3)    # HTML pages where images should be: these galaxies fail
+    zen.inject("truncate", match="part1.zip")
+    zen.inject("corrupt", match="part2.zip")         # wrong md5: discarded and downloaded again
+    zen.inject("status", match="/api/records", code=502, times=2)
+    legacy.inject("stall_body", match="cutout", seconds=3)
+    legacy.inject("body", match="cutout", body=b"no such layer")
+    injected = sum(s.pending_faults() for s in world.services)
+
+    sdss = run_fetch(tmp_path, params, "sdss", 2)
+    decals = run_fetch(tmp_path, params, "decals", 2)
+    assert world.faults_taken() == injected
+    # the HTML bodies were caught: those galaxies are quarantined with the reason, nothing else is lost
+    quarantine = pd.read_parquet(tmp_path / "data/real/sdss/quarantine.parquet")
+    assert sdss["failed"] == len(quarantine) == 3
+    assert quarantine["reason"].str.contains("not an image").all()
+    assert sdss["in_catalog"] + sdss["failed"] == len(simulated["sdss"])
+    df = catalog.load(tmp_path / "data/catalogs/sdss.parquet")
+    landed_images_are_sound(df, SIZE)
+    # no corrupt file landed anywhere: every image decodes, the zips match their md5
+    for path in (tmp_path / "data/real").rglob("*"):
+        if path.suffix in (".jpg", ".png"):
+            with Image.open(path) as img:
+                img.load()
+        if path.suffix == ".zip":
+            assert hashlib.md5(path.read_bytes()).hexdigest() == zen.checksum(path.name).removeprefix("md5:")
+    assert decals["failed"] == 1  # the fallback galaxy that got "no such layer" instead of an image
+
+    # the faults are gone: the same commands fetch only what is missing and finish the job
+    assert sum(s.pending_faults() for s in world.services) == 0
+    n_cutouts = len(sky.requests_to("getjpeg"))
+    again = run_fetch(tmp_path, params, "sdss", 2)
+    assert again["failed"] == 0 and again["in_catalog"] == len(simulated["sdss"])
+    assert again["fetched"] == sdss["failed"] and len(sky.requests_to("getjpeg")) == n_cutouts + sdss["failed"]
+    again = run_fetch(tmp_path, params, "decals", 2)
+    assert again["failed"] == 0 and again["in_catalog"] == len(simulated["decals"])
+
+
+def test_unreachable_service_fails_with_a_clear_message(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, world)
+    world.zenodo.inject("status", match="/api/records", code=503, times=100)
+    code = cli.main(["fetch", "catalog", *params, "--survey", "decals", "--out", "c.parquet", "--report", "r.json",
+                     "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not Path("c.parquet").exists()
+    assert err[-1].startswith("gzmorph fetch: error: ") and "503" in err[-1] and world.zenodo.url in err[-1]
+
+
+def test_estimate_lists_files_bytes_and_time(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, world)
+    assert cli.main(["fetch", "estimate", *params]) == 0
+    out = capsys.readouterr().out
+    assert "gz_decals_dr5_png_part1.zip" in out and "gz_decals_volunteers_5.csv" in out
+    loaded = config.load(params[1::2])
+    e = fetch.estimate(loaded, "decals", None)
+    assert e["bytes"] == sum(world.zenodo.size(k) for k in world.zenodo.files)
+    e = fetch.estimate(loaded, "sdss", None)
+    assert e["galaxies"] == 209_294 + 21_844  # published sizes of original + extra before the catalog is fetched
+    assert e["requests"]["skyserver"] == e["galaxies"] + 2 * 463  # cutouts and SQL batches of 500
+
+
+def test_deal_chunks_and_reason_classes():
+    chunks = fetch.deal_chunks(10, 3)
+    assert chunks.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    assert fetch.reason_class("skyserver: http://x/getjpeg: HTTP 503 (<html>)") == "HTTP 503"
+    assert fetch.reason_class("zenodo: not in the image archives") == "not in the image archives"
+
+
+@pytest.mark.slow
+def test_snakemake_runs_the_real_data_configuration(world, tmp_path):
+    """The whole default target on the real-data configuration, served by the imitations."""
+    from test_pipeline_e2e import BIN, copy_project, run
+
+    work = copy_project(tmp_path / "repo")
+    shutil.copy2(TINY, work / "tiny.yaml")
+    (work / "real.yaml").write_text(yaml.safe_dump({"data_source": "real", "real": world.real_params(size=SIZE)}))
+    world.skyserver.inject("status", match="getjpeg", code=503, times=2)
+    world.skyserver.inject("body", match="getjpeg", times=3)  # three galaxies fail and are quarantined
+    args = [str(BIN / "snakemake"), "--cores", "2", "--resources", "gpu=1", "--configfile", "tiny.yaml", "real.yaml"]
+    run(args, work)
+    report = json.loads((work / "results/fetch/sdss.json").read_text())
+    assert report["failed"] == 3 and report["quarantined"] == 3
+    assert "3 galaxies quarantined" in (work / "logs/fetch_gather_sdss.log").read_text()
+    for survey in ("sdss", "decals"):
+        manifest = json.loads((work / f"data/shards/{survey}/manifest.json").read_text())
+        assert manifest["n_galaxies"] == len(catalog.load(work / f"data/catalogs/{survey}.parquet"))
+    metrics = json.loads((work / "results/metrics.json").read_text())
+    assert set(metrics) == {"smooth-or-featured", "bar"}
+    # running again fetches the three quarantined galaxies only if asked: nothing is out of date
+    again = subprocess.run([*args, "-n"], cwd=work, capture_output=True, text=True, check=True)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_simulation_refuses_to_run_on_the_real_source(tmp_path, capsys):
+    real = tmp_path / "real.yaml"
+    real.write_text("data_source: real\n")
+    code = cli.main(["simulate", "sky", "--params", str(ROOT / "params.yaml"), "--params", str(real),
+                     "--out", str(tmp_path / "sky.parquet")])
+    assert code == 2 and "data_source is 'real'" in capsys.readouterr().err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
