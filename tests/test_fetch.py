@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from imitations.world import serve_world
 from PIL import Image
 
 from gzmorph import catalog, cli, config, fetch
-from imitations.world import serve_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "params_tiny.yaml"
@@ -206,7 +206,7 @@ def test_estimate_lists_files_bytes_and_time(world, tmp_path, monkeypatch, capsy
     assert e["bytes"] == sum(world.zenodo.size(k) for k in world.zenodo.files)
     e = fetch.estimate(loaded, "sdss", None)
     assert e["galaxies"] == 209_294 + 21_844  # published sizes of original + extra before the catalog is fetched
-    assert e["requests"]["skyserver"] == e["galaxies"] + 2 * 463  # cutouts and SQL batches of 500
+    assert e["requests"]["skyserver"] == e["galaxies"] + 1156  # cutouts and SQL searches of 200 objids
 
 
 def test_deal_chunks_and_reason_classes():

@@ -46,6 +46,8 @@ TYPICAL_BYTES = {"skyserver": 30_000, "legacysurvey": 30_000, "zenodo": 250_000}
 # Galaxies in the published catalogs, for estimates before the catalog is fetched.
 PUBLISHED_ROWS = {"gz2-hart16": {"original": 209_294, "extra": 21_844, "stripe82": 8_557}, "gz-decals-dr5": 253_286}
 MAX_IMAGE_BYTES = 16 << 20
+# objids per SkyServer SQL search: two IN-lists of 200 keep the GET under ~8 kB, within common URL limits.
+SQL_BATCH = 200
 
 
 # --------------------------------------------------------------------------- settings and sessions
@@ -132,13 +134,16 @@ def add_petrosian_radii(df: pd.DataFrame, params: dict[str, Any], spec: dict[str
     if "petro_th90" in df.columns:  # GZ DECaLS carries its own Petrosian radius
         df["petro_r90_arcsec"] = pd.to_numeric(df["petro_th90"], errors="coerce")
         return df
+    from gzmorph.net import RateLimiter
     from gzmorph.sources import skyserver
 
     sky = params["real"]["services"]["skyserver"]
-    objids = pd.to_numeric(df["id_str"], errors="coerce")
-    valid = objids.notna().to_numpy()
-    radii = skyserver.petrosian_radii(objids[valid].astype(np.int64).tolist(), base_url=sky["base_url"],
-                                      data_release=sky["data_release"], timeout=params["real"]["http"]["timeout_s"])
+    # Exact int64 parsing: objids exceed 2**53, and one bad id must not push the column through float.
+    objids = [int(i) for i in df["id_str"].astype(str) if i.isdigit()]
+    radii = skyserver.petrosian_radii(
+        objids, base_url=sky["base_url"], data_release=sky["data_release"], batch=SQL_BATCH,
+        timeout=params["real"]["http"]["timeout_s"], settings=http_settings(params),
+        limiter=RateLimiter(sky["requests_per_minute"], RATE_DIR / "skyserver"))
     lookup = dict(zip(radii["dr7objid"].astype(str), radii["petroR90_r"].astype(float), strict=True))
     df["petro_r90_arcsec"] = df["id_str"].map(lookup).astype(float)
     missing = int(df["petro_r90_arcsec"].isna().sum())
@@ -480,7 +485,7 @@ def estimate(params: dict[str, Any], survey: str, catalog_path: Path | None,
         result["bytes"] = galaxies * TYPICAL_BYTES[source]
         result["requests"][source] = galaxies
         if spec["catalog"] == "gz2-hart16" and spec.get("skyserver_cutout", {}).get("scale") == "petrosian":
-            result["requests"]["skyserver"] = galaxies + 2 * math.ceil(galaxies / 500)  # + SQL batches
+            result["requests"]["skyserver"] = galaxies + math.ceil(galaxies / SQL_BATCH)  # + SQL batches
     hours = sum(n / services[s]["requests_per_minute"] / 60 for s, n in result["requests"].items())
     result["hours_at_rate_limit"] = round(hours, 2)
     return result

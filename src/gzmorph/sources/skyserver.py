@@ -22,6 +22,7 @@ import requests
 
 from gzmorph.config import UserError
 from gzmorph.net import FetchError, HttpSettings, RateLimiter, fetch_bytes, make_session
+from gzmorph.net import _reason as net_reason  # the same one-line reasons as every other fetch
 from gzmorph.sources.images import BadImage, check_image
 
 MIN_DATA_RELEASE = 8        # ImgCutout's SkyServerWS path exists from DR8 on
@@ -137,8 +138,8 @@ def _error_page_reason(text: str) -> str:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code} {exc.response.reason or ''}".rstrip()
-    if isinstance(exc, requests.exceptions.Timeout):
-        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, requests.exceptions.RequestException):
+        return net_reason(exc)
     text = " ".join(str(exc).split())
     if "<html" in text.lower():
         text = _error_page_reason(text)
