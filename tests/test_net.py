@@ -218,3 +218,20 @@ def test_rate_limiter_shared_across_processes(svc, tmp_path):
     times = sorted(s.request.time for s in log)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert min(gaps) >= 0.9 * 60.0 / per_minute, gaps
+
+
+def test_rerun_trusts_the_md5_stamp_until_the_file_changes(svc, tmp_path, monkeypatch):
+    assert get(svc, tmp_path)[0] == "fetched"
+    hashed = []
+    real_md5 = net.file_md5
+    monkeypatch.setattr(net, "file_md5", lambda p: hashed.append(p) or real_md5(p))
+    outcome, target = get(svc, tmp_path)
+    assert outcome == "skipped" and hashed == []  # the stamp answered: a 25 GB zip is not read again
+    target.write_bytes(bytes(len(CONTENT)))  # same size, other bytes and mtime: the stamp no longer applies
+    outcome, target = get(svc, tmp_path)
+    assert outcome == "fetched" and hashed and target.read_bytes() == CONTENT
+
+
+def test_download_asks_for_identity_encoding(svc, tmp_path):
+    get(svc, tmp_path)
+    assert settle(svc, 1)[0].request.headers["Accept-Encoding"] == "identity"

@@ -15,6 +15,7 @@ from gzmorph import archives, net
 from gzmorph.archives import ArchiveError
 from gzmorph.net import FetchError, HttpSettings
 from gzmorph.sources import zenodo
+from gzmorph.sources.gzdecals import zip_member
 from gzmorph.sources.zenodo import RecordFile
 
 RECORD = 4573248
@@ -108,7 +109,7 @@ def test_select_keys_and_patterns(svc):
 def test_download_verified_and_rerun_fetches_nothing(svc, record_files, tmp_path):
     files = listed(svc)
     assert [fetch(svc, f, tmp_path) for f in files] == ["fetched"] * len(files)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == record_files
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")} == record_files
     before = content_requests(svc)
     assert [fetch(svc, f, tmp_path) for f in listed(svc)] == ["skipped"] * len(files)
     assert content_requests(svc) == before == len(files)
@@ -192,13 +193,13 @@ def test_index_and_extract_catalog_members(tmp_path):
     z1 = make_png_zip(tmp_path / "p1.zip", {n: png(n) for n in IAUNAMES[:3]})
     z2 = make_png_zip(tmp_path / "p2.zip", {n: png(n) for n in IAUNAMES[2:]}, {"J000/": b""})
     idx = archives.index([z1, z2])
-    assert set(idx.members) == {zenodo.png_member(n) for n in IAUNAMES}
-    assert idx.members[zenodo.png_member(IAUNAMES[3])] == (z2, zenodo.png_member(IAUNAMES[3]))
-    assert idx.duplicates == [(z2, zenodo.png_member(IAUNAMES[2]))] and idx.unsafe == []
+    assert set(idx.members) == {zip_member(n) for n in IAUNAMES}
+    assert idx.members[zip_member(IAUNAMES[3])] == (z2, zip_member(IAUNAMES[3]))
+    assert idx.duplicates == [(z2, zip_member(IAUNAMES[2]))] and idx.unsafe == []
     out = tmp_path / "images"
     with archives.ZipReader() as reader:
         for name in IAUNAMES[1:3]:  # only what the catalog needs
-            zip_path, member = idx.members[zenodo.png_member(name)]
+            zip_path, member = idx.members[zip_member(name)]
             archives.extract(zip_path, member, out / f"{name}.png", max_bytes=1 << 20, reader=reader)
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in IAUNAMES[1:3])
     assert all((out / f"{n}.png").read_bytes() == png(n) for n in IAUNAMES[1:3])
@@ -210,7 +211,7 @@ def test_hostile_members_never_leave_the_target_dir(tmp_path):
     zip_path = make_png_zip(box / "evil.zip", {IAUNAMES[0]: png(IAUNAMES[0])}, dict.fromkeys(HOSTILE, b"pwned"))
     idx = archives.index([zip_path])
     assert sorted(n for _, n in idx.unsafe) == sorted(HOSTILE) and list(idx.members) == [
-        zenodo.png_member(IAUNAMES[0])]
+        zip_member(IAUNAMES[0])]
     out = box / "out" / "deep"
     for name in HOSTILE:
         with pytest.raises(ArchiveError, match="refused"):
@@ -245,7 +246,7 @@ def _patch(path: Path, old: bytes, new: bytes) -> None:
 
 def test_lying_declared_size_is_caught_while_streaming(tmp_path):
     zip_path = make_png_zip(tmp_path / "liar.zip", {IAUNAMES[0]: png(IAUNAMES[0])})
-    info = zipfile.ZipFile(zip_path).getinfo(zenodo.png_member(IAUNAMES[0]))
+    info = zipfile.ZipFile(zip_path).getinfo(zip_member(IAUNAMES[0]))
     true_size = info.file_size.to_bytes(4, "little")
     _patch(zip_path, true_size + true_size, (1000).to_bytes(4, "little") * 2)  # declares 1000 bytes
     with pytest.raises(ArchiveError):
@@ -262,7 +263,7 @@ def test_crc_corruption_lands_nothing(tmp_path):
     zip_path.write_bytes(bytes(data))
     target = tmp_path / "out" / "x.png"
     with pytest.raises(ArchiveError, match="corrupt.*CRC"):
-        archives.extract(zip_path, zenodo.png_member(name), target, max_bytes=1 << 20)
+        archives.extract(zip_path, zip_member(name), target, max_bytes=1 << 20)
     assert list(target.parent.iterdir()) == []
 
 
@@ -312,7 +313,7 @@ def test_end_to_end_record_to_images(svc, tmp_path):
     wanted = IAUNAMES[1:]
     with archives.ZipReader() as reader:
         for name in wanted:
-            archives.extract(*idx.members[zenodo.png_member(name)], tmp_path / "png" / f"{name}.png",
+            archives.extract(*idx.members[zip_member(name)], tmp_path / "png" / f"{name}.png",
                              max_bytes=10 << 20, reader=reader)
     assert {p.name: p.read_bytes() for p in (tmp_path / "png").iterdir()} == {f"{n}.png": png(n) for n in wanted}
     assert not (tmp_path / "evil.png").exists()

@@ -234,7 +234,7 @@ def download(session: requests.Session, url: str, target: str | os.PathLike[str]
 
     target = Path(target)
     if target.exists():
-        if (size is None or target.stat().st_size == size) and (md5 is None or file_md5(target) == md5):
+        if (size is None or target.stat().st_size == size) and (md5 is None or _verified_md5(target) == md5):
             return "skipped"
         log.warning("%s: existing file does not match the expected size/md5; downloading it again", target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,8 @@ def download(session: requests.Session, url: str, target: str | os.PathLike[str]
                 return "resumed" if resumed else "fetched"
             last = outcome
             continue
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        # identity: a Range offset counts the bytes as sent, which must be the file's own bytes
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
         try:
             response = session.get(url, stream=True, timeout=_timeout(settings), headers=headers)
         except requests.exceptions.RequestException as exc:
@@ -316,11 +317,35 @@ def _content_total(response: requests.Response, offset: int) -> int | None:
 
 def _finish(part: Path, target: Path, md5: str | None, url: str) -> str | None:
     """Check the md5 and rename the part onto the target; the reason it failed, or None."""
-    if md5 is not None:
-        got = file_md5(part)
-        if got != md5:
-            part.unlink()
-            log.warning("%s: md5 %s, expected %s; discarded, downloading again", target.name, got, md5)
-            return f"md5 {got} differs from the expected {md5}"
+    got = file_md5(part)
+    if md5 is not None and got != md5:
+        part.unlink()
+        log.warning("%s: md5 %s, expected %s; discarded, downloading again", target.name, got, md5)
+        return f"md5 {got} differs from the expected {md5}"
     os.replace(part, target)
+    _write_stamp(target, got)
     return None
+
+
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.md5")
+
+
+def _write_stamp(target: Path, md5: str) -> None:
+    from gzmorph.io import write_text
+
+    st = target.stat()
+    write_text(_stamp_path(target), f"{md5} {st.st_size} {st.st_mtime_ns}\n")
+
+
+def _verified_md5(target: Path) -> str:
+    """The md5 of ``target``, from its stamp when size and mtime still match (re-hashing 25 GB zips on every
+    re-run would read them all again), else computed."""
+    try:
+        md5, size, mtime = _stamp_path(target).read_text().split()
+        st = target.stat()
+        if int(size) == st.st_size and int(mtime) == st.st_mtime_ns:
+            return md5
+    except (OSError, ValueError):
+        pass
+    return file_md5(target)

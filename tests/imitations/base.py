@@ -59,7 +59,7 @@ class Fault:
 @dataclass
 class Served:
     request: Request
-    status: int
+    status: int          # 0 while the reply is being sent, -1 when the client hung up first
     fault: str | None
 
 
@@ -147,13 +147,15 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self.server.route(request)
         except Exception as exc:  # an imitation bug shows up as a 500 with the reason, never a hang
             reply = Reply(500, f"imitation error: {type(exc).__name__}: {exc}".encode(), "text/plain")
+        # Logged before the reply goes out, so a client that returns (or times out) always finds its request.
+        served = Served(request, 0, fault.kind if fault else None)
+        self.server.log.append(served)
         try:
-            status = self._send(request, reply, fault, head)
+            self._send(request, reply, fault, head, served)
         except (BrokenPipeError, ConnectionResetError):
-            status = -1  # the client gave up (time-out): that is the point of a stall
-        self.server.log.append(Served(request, status, fault.kind if fault else None))
+            served.status = -1  # the client gave up (time-out): that is the point of a stall
 
-    def _send(self, request: Request, reply: Reply, fault: Fault | None, head: bool) -> int:
+    def _send(self, request: Request, reply: Reply, fault: Fault | None, head: bool, served: Served) -> None:
         kind = fault.kind if fault else None
         if kind == "stall":
             time.sleep(fault.seconds)
@@ -183,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
                     headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
                     status, body = 206, body[start:end + 1]
 
+        served.status = status
         self.send_response(status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -192,13 +195,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         if head:
-            return status
+            return
         if kind in ("truncate", "stall_body"):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             if kind == "stall_body":
                 time.sleep(fault.seconds)
             self.close_connection = True
-            return status
+            return
         self.wfile.write(body)
-        return status

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gzmorph.sources.zenodo import png_member
+from gzmorph.sources.gzdecals import zip_member
 from imitations.base import Imitation, Reply, Request
 
 
@@ -135,7 +135,7 @@ def make_png_zip(path: Path, pngs: Mapping[str, bytes], extra_members: Mapping[s
     extras = dict(extra_members or {})
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
         for iauname, data in pngs.items():
-            zf.writestr(png_member(iauname), data)
+            zf.writestr(zip_member(iauname), data)
         for name, data in extras.items():
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = compression

@@ -2,7 +2,8 @@
 
 Galaxy Zoo DECaLS (Walmsley et al. 2021) is record 4573248: the volunteer catalogs and the
 ``gz_decals_dr5_png_part<n>.zip`` image archives, laid out as ``J###/<iauname>.png``
-(see :func:`png_member`).  ``GET /api/records/<id>`` lists the files with an ``md5:`` checksum each;
+(see :func:`gzmorph.sources.gzdecals.zip_member`).  ``GET /api/records/<id>`` lists the files with an
+``md5:`` checksum each;
 :func:`download_file` resumes an interrupted download and lands a file only once its md5 matches.
 """
 
@@ -36,11 +37,6 @@ class RecordFile:
 
 def record_url(base_url: str, record_id: int | str) -> str:
     return f"{base_url.rstrip('/')}/api/records/{record_id}"
-
-
-def png_member(iauname: str) -> str:
-    """The archive member of a DECaLS galaxy: ``J094/J094632.40+005103.6.png``."""
-    return f"{iauname[:4]}/{iauname}.png"
 
 
 def list_files(session: requests.Session, *, base_url: str, record_id: int | str,
