@@ -214,6 +214,12 @@ def test_deal_chunks_and_reason_classes():
     assert chunks.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
     assert fetch.reason_class("skyserver: http://x/getjpeg: HTTP 503 (<html>)") == "HTTP 503"
     assert fetch.reason_class("zenodo: not in the image archives") == "not in the image archives"
+    assert fetch.reason_class("skyserver: http://x: body failed 3 times (ConnectionError: Read timed out.)") == \
+        "timed out"
+    assert fetch.reason_class("skyserver: http://x: body failed 3 times (ChunkedEncodingError: IncompleteRead(5))") \
+        == "truncated body"
+    assert fetch.reason_class("legacysurvey: http://x: not an image: body starts with 'no such layer' (layer "
+                              "'ls-dr99' is unknown to the viewer)") == "no such layer"
 
 
 @pytest.mark.slow

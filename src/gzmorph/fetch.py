@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections import Counter
@@ -324,14 +325,25 @@ def fetch_one(sources: ImageSources, row: pd.Series, images_dir: Path, chain: Se
     return Outcome(id_str, None, "failed", chain[-1], "; ".join(reasons))
 
 
+# (text in a failure reason, its class in the fetch report), first match wins
+REASON_CLASSES = (
+    ("timed out", "timed out"), ("IncompleteRead", "truncated body"), ("truncated", "truncated body"),
+    ("no such layer", "no such layer"), ("not an image", "not an image"), ("undecodable", "undecodable image"),
+    ("not in the image archives", "not in the image archives"), ("md5", "md5 mismatch"),
+    ("over the", "too large"), ("expected", "wrong image size"), ("retries exhausted", "retries exhausted"),
+    ("Connection", "connection failed"),
+)
+
+
 def reason_class(reason: str) -> str:
     """A short class of a failure reason, for the report's tally (``HTTP 503``, ``timed out``, ...)."""
-    text = reason.split(": ", 1)[-1]
-    for key in ("HTTP 4", "HTTP 5", "timed out", "retries exhausted", "not an image", "no such layer",
-                "not in the image archives", "md5", "over the", "size", "corrupt", "truncated"):
-        if key in text:
-            return key if not key.startswith("HTTP ") else text[text.index("HTTP "):][:8]
-    return text[:40]
+    http = re.search(r"HTTP (\d{3})", reason)
+    if http:
+        return f"HTTP {http.group(1)}"
+    for needle, label in REASON_CLASSES:
+        if needle in reason:
+            return label
+    return reason.rsplit(": ", 1)[-1][:40]
 
 
 def fetch_chunk(params: dict[str, Any], survey: str, rows: pd.DataFrame, images_dir: Path, *,
