@@ -106,6 +106,7 @@ def test_every_rule_has_log_benchmark_threads_resources():
                 assert f"\n    {directive}" in block, f"rule {name} in {smk.name} lacks {directive}"
 
 
-def test_snakemake_lint_is_clean():
-    res = subprocess.run([str(SNAKEMAKE), "--lint"], cwd=ROOT, capture_output=True, text=True)
+@pytest.mark.parametrize("extra", [[], ["--configfile", "params/real.yaml"]], ids=["simulated", "real"])
+def test_snakemake_lint_is_clean(extra):
+    res = subprocess.run([str(SNAKEMAKE), "--lint", *extra], cwd=ROOT, capture_output=True, text=True)
     assert "Congratulations" in res.stdout + res.stderr, res.stdout + res.stderr

@@ -16,3 +16,10 @@ def P(*keys):
 # Threads of the data-parallel stages: Snakemake scales this down to --cores (and to a
 # cluster job's allocation), and the stage receives the real number as --threads.
 ALL_CORES = 256
+
+
+def archives_manifest(wildcards):
+    """The Zenodo zips a real survey's images come from, if they come from zips."""
+    if config["real"]["surveys"][wildcards.survey]["images"] == "zenodo":
+        return f"data/real/{wildcards.survey}/archives.json"
+    return []

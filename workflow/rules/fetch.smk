@@ -5,12 +5,6 @@
 CHUNKS = range(config["real"]["chunks"]) if SOURCE == "real" else []
 
 
-def archives_manifest(wildcards):
-    if config["real"]["surveys"][wildcards.survey]["images"] == "zenodo":
-        return f"data/real/{wildcards.survey}/archives.json"
-    return []
-
-
 rule fetch_catalog:
     output:
         catalog="data/real/{survey}/catalog.parquet",
