@@ -207,6 +207,10 @@ def test_estimate_lists_files_bytes_and_time(world, tmp_path, monkeypatch, capsy
     e = fetch.estimate(loaded, "sdss", None)
     assert e["galaxies"] == 209_294 + 21_844  # published sizes of original + extra before the catalog is fetched
     assert e["requests"]["skyserver"] == e["galaxies"] + 1156  # cutouts and SQL searches of 200 objids
+    # Zenodo unreachable: the estimate still answers, from the published total
+    world.zenodo.inject("status", match="/api/records", code=503, times=10)
+    e = fetch.estimate(loaded, "decals", None)
+    assert e["bytes"] == fetch.PUBLISHED_DECALS_BYTES and "approximate" in e["files"][0]["key"]
 
 
 def test_deal_chunks_and_reason_classes():
