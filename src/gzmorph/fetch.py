@@ -42,7 +42,7 @@ REAL_DIR = Path("data/real")
 # Shared pacing state of each service, for every fetch job on this machine (see net.RateLimiter).
 RATE_DIR = REAL_DIR / ".ratelimit"
 QUARANTINE_COLUMNS = ("id_str", "ra", "dec", "chunk", "source", "reason")
-# Typical body sizes, for estimates only (measured on GZ-sized 424 px images).
+# Rough body sizes for estimates only: a 424 px JPEG cutout (mostly dark sky) and a GZ DECaLS PNG.
 TYPICAL_BYTES = {"skyserver": 30_000, "legacysurvey": 30_000, "zenodo": 250_000}
 # Galaxies in the published catalogs, for estimates before the catalog is fetched.
 PUBLISHED_ROWS = {"gz2-hart16": {"original": 209_294, "extra": 21_844, "stripe82": 8_557}, "gz-decals-dr5": 253_286}

@@ -176,7 +176,7 @@ def fetch_bytes(session: requests.Session, url: str, *, settings: HttpSettings, 
         try:
             response = session.get(url, params=params, stream=True, timeout=_timeout(settings))
         except requests.exceptions.RequestException as exc:  # urllib3 has already retried
-            raise FetchError(f"{url}: {_reason(exc)}") from None
+            raise FetchError(f"{url}: {describe_error(exc)}") from None
         with response:
             if response.status_code != 200:
                 raise _status_error(response.url or url, response)
@@ -194,10 +194,11 @@ def fetch_bytes(session: requests.Session, url: str, *, settings: HttpSettings, 
             except BODY_ERRORS as exc:  # stalled or cut short after the headers: try again
                 last = exc
         _pause(settings, attempt)
-    raise FetchError(f"{url}: body failed {attempts} times ({_reason(last)})")
+    raise FetchError(f"{url}: body failed {attempts} times ({describe_error(last)})")
 
 
-def _reason(exc: BaseException | None) -> str:
+def describe_error(exc: BaseException | None) -> str:
+    """One line about a requests/urllib3 failure, for reports and error messages."""
     if exc is None:
         return "unknown error"
     if isinstance(exc, requests.exceptions.Timeout):
@@ -257,7 +258,7 @@ def download(session: requests.Session, url: str, target: str | os.PathLike[str]
         try:
             response = session.get(url, stream=True, timeout=_timeout(settings), headers=headers)
         except requests.exceptions.RequestException as exc:
-            raise FetchError(f"{url}: {_reason(exc)}") from None
+            raise FetchError(f"{url}: {describe_error(exc)}") from None
         with response:
             if response.status_code == 206 and offset and _range_start(response) == offset:
                 mode = "ab"
@@ -280,7 +281,7 @@ def download(session: requests.Session, url: str, target: str | os.PathLike[str]
                     fh.flush()
                     os.fsync(fh.fileno())
             except BODY_ERRORS as exc:
-                last = _reason(exc)
+                last = describe_error(exc)
                 log.info("%s: interrupted at %d bytes (%s); resuming", target.name, _size(part), last)
                 resumed = True
                 _pause(settings, attempt)

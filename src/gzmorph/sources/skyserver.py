@@ -21,8 +21,14 @@ import pandas as pd
 import requests
 
 from gzmorph.config import UserError
-from gzmorph.net import FetchError, HttpSettings, RateLimiter, fetch_bytes, make_session
-from gzmorph.net import _reason as net_reason  # the same one-line reasons as every other fetch
+from gzmorph.net import (
+    FetchError,
+    HttpSettings,
+    RateLimiter,
+    describe_error,  # the same one-line reasons as every other fetch
+    fetch_bytes,
+    make_session,
+)
 from gzmorph.sources.images import BadImage, check_image
 
 MIN_DATA_RELEASE = 8        # ImgCutout's SkyServerWS path exists from DR8 on
@@ -139,7 +145,7 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
         return f"HTTP {exc.response.status_code} {exc.response.reason or ''}".rstrip()
     if isinstance(exc, requests.exceptions.RequestException):
-        return net_reason(exc)
+        return describe_error(exc)
     text = " ".join(str(exc).split())
     if "<html" in text.lower():
         text = _error_page_reason(text)
