@@ -85,17 +85,20 @@ def test_same_settings_per_step(both):
 
 def test_settings_keys_exist(both):
     _, smk_keys, _ = both
-    params = config.load(ROOT / "params.yaml")
-    wildcards = {"{survey}": list(params["simulate"]["surveys"]),
-                 "{question}": [*params["train"]["questions"], *params["active_learning"]["questions"]]}
+    params = config.load([ROOT / "params.yaml", ROOT / "params" / "real.yaml"])  # every section present
+
+    def values(key: str, wildcard: str) -> list[str]:
+        """What a wildcard ranges over in this key: its own section's names."""
+        section = key.split(".", 1)[0]
+        if wildcard == "{survey}":
+            return list(params["real" if section == "real" else "simulate"]["surveys"])
+        return list(params["active_learning" if section == "active_learning" else "train"]["questions"])
+
     for keys in smk_keys.values():
         for k in keys:
-            values = next((v for w, v in wildcards.items() if w in k), [None])
-            for value in values:
-                key = k
-                for w in wildcards:
-                    key = key.replace(w, value or "")
-                config.select(params, [key])  # raises if the key does not exist
+            wildcard = next((w for w in ("{survey}", "{question}") if w in k), None)
+            for value in values(k, wildcard) if wildcard else [None]:
+                config.select(params, [k.replace(wildcard, value) if wildcard else k])  # raises if missing
 
 
 def test_every_rule_has_log_benchmark_threads_resources():
