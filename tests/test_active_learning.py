@@ -119,7 +119,7 @@ def tiny(tmp_path_factory):
         trainings[running[0]].append((init, result[0], [w.copy() for w in result[0].get_weights()]))
         return result
 
-    load = config.load
+    load, bald_scores = config.load, al.bald_scores
 
     def load_cold(paths):
         params = _with_new_settings(load(paths))
@@ -134,6 +134,7 @@ def tiny(tmp_path_factory):
         mp.setattr(config, "load", load_cold)
         al.simulate(warm, QUESTION, "bald", 0, shards, out / "bald_0.csv", out / "bald_0.parquet", threads=2)
         running[0] = "random"
+        mp.setattr(al, "bald_scores", bald_scores)
         args = _parser().parse_args(["active-learning", "run", "--params", str(ROOT / "params.yaml"), "--params",
                                      str(path), "--question", QUESTION, "--strategy", "random", "--seed", "0",
                                      "--shards", str(shards), "--out", str(out / "random_0.csv"), "--acquired",

@@ -18,8 +18,8 @@ rule active_learning_run:
         settings=P("seed", "train.survey", "train.questions.{question}", "train.input_size", "train.learning_rate",
                    "train.dropout_rate", "train.mixed_precision", "active_learning.passes",
                    "active_learning.expected_votes", "active_learning.max_epochs", "active_learning.patience",
-                   "active_learning.min_steps_per_epoch", "active_learning.batch_size",
-                   "active_learning.questions.{question}"),
+                   "active_learning.min_epochs", "active_learning.min_steps_per_epoch", "active_learning.batch_size",
+                   "active_learning.warm_start", "active_learning.questions.{question}"),
         args=PARAMS_ARGS,
     log:
         "logs/active_learning_{question}_{strategy}_{seed}.log",
