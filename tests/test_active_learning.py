@@ -14,14 +14,6 @@ from gzmorph import active_learning as al
 from gzmorph import config
 
 INITIAL, PER_ITERATION, ITERATIONS = 16, 8, 2
-# Settings added with issue #6; filled in here while the repository's params.yaml may still lack them.
-NEW_SETTINGS = {"warm_start": False, "min_epochs": 0}
-
-
-def _with_new_settings(params: dict) -> dict:
-    for key, value in NEW_SETTINGS.items():
-        params["active_learning"].setdefault(key, value)
-    return params
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,13 +83,14 @@ def tiny(tmp_path_factory):
     shards, df = learnable_shards(root, n=300, seed=2)
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
                 "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.2},
-                "active_learning": {"passes": 2, "max_epochs": 1, "patience": 1, "min_steps_per_epoch": 2,
+                "active_learning": {"passes": 2, "max_epochs": 1, "min_epochs": 0, "warm_start": False,
+                                    "patience": 1, "min_steps_per_epoch": 2,
                                     "batch_size": 16, "questions": {QUESTION: {
                                         "initial": INITIAL, "per_iteration": PER_ITERATION,
                                         "iterations": ITERATIONS}}}}
     path = root / "override.yaml"
     path.write_text(yaml.safe_dump(override))
-    params = _with_new_settings(config.load([ROOT / "params.yaml", path]))
+    params = config.load([ROOT / "params.yaml", path])
     warm = {**params, "active_learning": {**params["active_learning"], "warm_start": True}}
 
     recorded: list[np.ndarray] = []
@@ -122,7 +115,7 @@ def tiny(tmp_path_factory):
     load, bald_scores = config.load, al.bald_scores
 
     def load_cold(paths):
-        params = _with_new_settings(load(paths))
+        params = load(paths)
         params["active_learning"]["warm_start"] = False
         return params
 
@@ -262,16 +255,6 @@ def test_kept_epoch_follows_early_stopping():
     assert al.kept_epoch(val, 3) == 4  # epochs before min_epochs are never kept
     assert al.kept_epoch(val[:2], 5) == 1  # stopped before min_epochs: nothing restored, the last epoch
     assert al.kept_epoch(np.array([1.0, np.nan, 2.0]), 1) == 2
-
-
-def test_new_settings_missing_or_wrong_are_config_errors():
-    with pytest.raises(config.ConfigError, match="active_learning.warm_start is missing"):
-        al.al_setting({"active_learning": {}}, "warm_start")
-    with pytest.raises(config.ConfigError, match="active_learning.min_epochs must be"):
-        al.al_setting({"active_learning": {"min_epochs": -1}}, "min_epochs")
-    with pytest.raises(config.ConfigError, match="true or false"):
-        al.al_setting({"active_learning": {"warm_start": "yes"}}, "warm_start")
-    assert al.al_setting({"active_learning": {"min_epochs": 3}}, "min_epochs") == 3
 
 
 def test_unknown_question_is_a_config_error(tiny):

@@ -14,8 +14,8 @@
   best weights restored; an epoch is at least ``min_steps_per_epoch`` batches, repeating a small labelled
   set).  The first model is fresh (seeded from params seed and run seed, so BALD and random share it);
   later ones are fresh too (seeded from params seed, run seed and i) unless ``warm_start``, when the
-  previous iteration's model is trained further (fresh Adam) on the grown labelled set.  A fresh
-  model's early stopping ignores its first ``min_epochs`` epochs: it starts on a plateau at the constant
+  previous iteration's model is trained further (fresh Adam) on the grown labelled set.  Early
+  stopping ignores the first ``min_epochs`` epochs: a fresh model starts on a plateau at the constant
   prediction, and stopping there gave "collapsed" iterations (:func:`_train_model`).  Evaluate it on the
   test split with
   T = ``passes`` MC-dropout passes; then, except after the last model, acquire ``per_iteration``
@@ -183,26 +183,6 @@ def _write_outputs(rows: list[dict], acquired: list[dict], out: str | Path, acqu
         io.write_parquet(acquired_path, df)
 
 
-NEW_SETTINGS = {  # active_learning settings added with issue #6: (type, what to put in params.yaml)
-    "warm_start": (bool, "true: fine-tune the previous iteration's model; false: a fresh model every iteration"),
-    "min_epochs": (int, "epochs a fresh model trains before early stopping may stop or keep weights"),
-}
-
-
-def al_setting(params: dict[str, Any], key: str) -> Any:
-    """``active_learning.<key>`` of the newer settings, with a clear error when params.yaml predates it."""
-    kind, help_text = NEW_SETTINGS[key]
-    al = params["active_learning"]
-    if key not in al:
-        raise ConfigError(f"active_learning.{key} is missing from the params; add it ({help_text})")
-    value = al[key]
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"active_learning.{key} must be true or false, got {value!r}")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ConfigError(f"active_learning.{key} must be an integer >= 0, got {value!r}")
-    return value
-
-
 def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, model_seed: int, train: Split,
                  val: Split, init: keras.Model | None = None) -> tuple[keras.Model, float, float, int]:
     """A model fitted on ``train``; returns (model, train_loss, val_loss at the kept epoch, epochs).
@@ -211,9 +191,10 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     (warm start) with a fresh Adam; ``model_seed`` still seeds the shuffling, dropout and augmentation.
     A fresh model sits on a plateau near the constant prediction for its first ~100 steps; with ``patience``
     epochs of ``min_steps_per_epoch`` steps, early stopping could end training there and restore a plateau
-    epoch (a "collapsed" iteration, RMSE ~ the constant predictor's).  So for a fresh model early stopping
-    watches the val loss only from epoch ``min_epochs`` on (earlier epochs can neither stop training nor be
-    restored).  A warm-started model is past the plateau and is watched from its first epoch.
+    epoch (a "collapsed" iteration, RMSE ~ the constant predictor's).  So early stopping watches the val loss
+    only from epoch ``min_epochs`` on (earlier epochs can neither stop training nor be restored).  This holds
+    for warm starts too: a model that had barely left the plateau (16 labels) was knocked back onto it by the
+    fresh Adam and, watched from its first epoch, kept there (RMSE 0.318 -> 0.353).
     """
     import keras
     import tensorflow as tf
@@ -222,7 +203,7 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     from gzmorph.train import build_question_model
 
     al = params["active_learning"]
-    min_epochs = int(al_setting(params, "min_epochs")) if init is None else 0
+    min_epochs = int(al["min_epochs"])
     keras.utils.set_random_seed(model_seed)
     model = build_question_model({**params, "seed": model_seed}, spec, resolution) if init is None else init
     model.compile(optimizer=keras.optimizers.Adam(float(params["train"]["learning_rate"])), loss=BinomialLoss())
@@ -273,8 +254,7 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     spec = question_spec(params, question, manifest["tree"])
     al = params["active_learning"]
     passes = int(al["passes"])
-    warm_start = bool(al_setting(params, "warm_start"))
-    al_setting(params, "min_epochs")  # fail before loading data when params.yaml predates it
+    warm_start = bool(al["warm_start"])
     configure_threads(threads)
     device, gpu = describe_device()
     base_seed = int(params["seed"])
