@@ -37,22 +37,12 @@ FAULTS = [("status", {"code": 503, "times": 2}), ("status", {"code": 429, "retry
 
 def simulate(workdir: Path, n: int) -> dict:
     import yaml
-
-    from gzmorph import catalog, cli
+    from imitations.world import simulate_surveys
 
     overrides = workdir / "sim.yaml"
     overrides.write_text(yaml.safe_dump({"simulate": {"n_galaxies": n, "image_size": 128,
                                                       "volunteers": {"pool": 500}}}))
-    args = ["--params", str(ROOT / "params.yaml"), "--params", str(overrides)]
-    sky = workdir / "sky.parquet"
-    assert cli.main(["simulate", "sky", *args, "--out", str(sky)]) == 0
-    out = {}
-    for survey in ("sdss", "decals"):
-        cat = workdir / f"{survey}.parquet"
-        assert cli.main(["simulate", "survey", *args, "--survey", survey, "--sky", str(sky), "--images",
-                         str(workdir / survey), "--catalog", str(cat), "--threads", "2", "--no-progress"]) == 0
-        out[survey] = catalog.load(cat)
-    return out
+    return simulate_surveys(workdir, [ROOT / "params.yaml", overrides], threads=2)
 
 
 def run_survey(params: dict, survey: str, rows, directory: Path, archives: list[Path] | None) -> tuple[dict, float]:

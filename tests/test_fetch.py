@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from imitations.world import serve_world
+from imitations.world import serve_world, simulate_surveys
 from PIL import Image
 
 from gzmorph import catalog, cli, config, fetch
@@ -29,18 +29,7 @@ SIZE = 96
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> dict[str, pd.DataFrame]:
     """Tiny simulated SDSS and DECaLS catalogs with their PNGs (the truth the imitations serve)."""
-    out = tmp_path_factory.mktemp("simulated")
-    params = [str(ROOT / "params.yaml"), str(TINY)]
-    args = [a for p in params for a in ("--params", p)]
-    sky = out / "sky.parquet"
-    assert cli.main(["simulate", "sky", *args, "--out", str(sky)]) == 0
-    result = {}
-    for survey in ("sdss", "decals"):
-        cat = out / f"{survey}.parquet"
-        assert cli.main(["simulate", "survey", *args, "--survey", survey, "--sky", str(sky), "--images",
-                         str(out / survey), "--catalog", str(cat), "--threads", "1", "--no-progress"]) == 0
-        result[survey] = catalog.load(cat)
-    return result
+    return simulate_surveys(tmp_path_factory.mktemp("simulated"), [ROOT / "params.yaml", TINY])
 
 
 @pytest.fixture()

@@ -40,6 +40,24 @@ class FileHost(Imitation):
         return Reply(200, path.read_bytes(), ranges=True)
 
 
+def simulate_surveys(workdir: Path, params_files: list[str | Path], threads: int = 1) -> dict[str, pd.DataFrame]:
+    """Simulated SDSS and DECaLS catalogs with their PNGs, as ``gzmorph simulate`` writes them: the truth served."""
+    from gzmorph import catalog, cli
+
+    args = [a for p in params_files for a in ("--params", str(p))]
+    sky = workdir / "sky.parquet"
+    if cli.main(["simulate", "sky", *args, "--out", str(sky)]) != 0:
+        raise RuntimeError("simulate sky failed")
+    out = {}
+    for survey in ("sdss", "decals"):
+        cat = workdir / f"{survey}.parquet"
+        if cli.main(["simulate", "survey", *args, "--survey", survey, "--sky", str(sky), "--images",
+                     str(workdir / survey), "--catalog", str(cat), "--threads", str(threads), "--no-progress"]) != 0:
+            raise RuntimeError(f"simulate survey {survey} failed")
+        out[survey] = catalog.load(cat)
+    return out
+
+
 @dataclass
 class World:
     skyserver: SkyServerImitation
