@@ -250,3 +250,20 @@ def test_simulation_refuses_to_run_on_the_real_source(tmp_path, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_broken_png_in_the_zips_never_lands(tmp_path):
+    from imitations.zenodo import make_png_zip
+
+    params = config.load([ROOT / "params.yaml", ROOT / "params" / "real.yaml"])
+    spec = dict(params["real"]["surveys"]["decals"], fallback="none")
+    name = "J094632.40+005103.6"
+    zip_path = make_png_zip(tmp_path / "part1.zip", {name: b"\x89PNG\r\n\x1a\n" + bytes(200)})
+    sources = fetch.ImageSources(params, spec, [zip_path], pool_size=1)
+    try:
+        row = pd.Series({"id_str": name, "ra": 146.6, "dec": 0.85, "png_loc": f"dr5/J094/{name}.png"})
+        outcome = fetch.fetch_one(sources, row, tmp_path / "images", ["zenodo"])
+    finally:
+        sources.close()
+    assert outcome.status == "failed" and "undecodable PNG" in outcome.reason
+    assert not list((tmp_path / "images").glob("*"))  # nothing landed, not even a temporary file

@@ -280,6 +280,7 @@ class ImageSources:
 
     def _extract(self, row: pd.Series, target: Path) -> None:
         from gzmorph import archives
+        from gzmorph.io import atomic_path
         from gzmorph.net import FetchError
         from gzmorph.sources import gzdecals
         from gzmorph.sources.images import check_image
@@ -293,15 +294,14 @@ class ImageSources:
             raise FetchError("not in the image archives")
         zip_path, name = entry
         try:
-            with self.zip_lock:
-                archives.extract(zip_path, name, target, max_bytes=MAX_IMAGE_BYTES, reader=self.reader)
-            check_image(target.read_bytes(), size=None, formats=("PNG",))
+            # The image is checked under a temporary name: only a good one ever appears as ``target``, so a
+            # re-run that finds the file can trust it.
+            with atomic_path(target) as tmp:
+                with self.zip_lock:
+                    archives.extract(zip_path, name, tmp, max_bytes=MAX_IMAGE_BYTES, reader=self.reader)
+                check_image(tmp.read_bytes(), size=None, formats=("PNG",))
         except archives.ArchiveError as exc:
-            target.unlink(missing_ok=True)
             raise FetchError(str(exc)) from None
-        except FetchError:
-            target.unlink(missing_ok=True)
-            raise
 
 
 def fetch_one(sources: ImageSources, row: pd.Series, images_dir: Path, chain: Sequence[str]) -> Outcome:
