@@ -267,3 +267,15 @@ def test_a_broken_png_in_the_zips_never_lands(tmp_path):
         sources.close()
     assert outcome.status == "failed" and "undecodable PNG" in outcome.reason
     assert not list((tmp_path / "images").glob("*"))  # nothing landed, not even a temporary file
+
+
+def test_images_need_a_chunked_catalog(simulated, tmp_path, capsys):
+    plain = tmp_path / "plain.parquet"
+    simulated["decals"].to_parquet(plain)
+    real = tmp_path / "real.yaml"
+    real.write_text("data_source: real\n")
+    code = cli.main(["fetch", "images", "--params", str(ROOT / "params.yaml"), "--params", str(real), "--survey",
+                     "decals", "--catalog", str(plain), "--chunk", "0", "--out", str(tmp_path / "c.parquet"),
+                     "--quarantine", str(tmp_path / "q.parquet"), "--report", str(tmp_path / "r.json")])
+    assert code == 2 and "column 'chunk' is missing" in capsys.readouterr().err
+    assert not (tmp_path / "c.parquet").exists()

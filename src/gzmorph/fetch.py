@@ -407,6 +407,8 @@ def run_images(args: argparse.Namespace) -> None:
     if not 0 <= args.chunk < chunks:
         raise UserError(f"--chunk {args.chunk} is outside 0..{chunks - 1} (real.chunks is {chunks})")
     df = catalog.load(args.catalog)
+    if "chunk" not in df.columns:
+        raise UserError(f"{args.catalog}: column 'chunk' is missing; make the catalog with `gzmorph fetch catalog`")
     rows = df[df["chunk"] == args.chunk].reset_index(drop=True)
     images_dir = REAL_DIR / args.survey / "images" / f"{args.chunk:04d}" if args.images is None else Path(args.images)
     fetched, bad, report = fetch_chunk(params, args.survey, rows, images_dir,
