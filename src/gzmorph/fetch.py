@@ -81,6 +81,19 @@ def session_for(params: dict[str, Any], service: str | None, pool_size: int = 4)
     return make_session(http_settings(params), limiter, pool_size=pool_size)
 
 
+def record_files(params: dict[str, Any], spec: dict[str, Any], session: Any, settings: Any) -> list[Any]:
+    """The files of the survey's Zenodo record (real.surveys.<survey>.zenodo_record)."""
+    from gzmorph.sources import zenodo
+
+    return zenodo.list_files(session, base_url=params["real"]["services"]["zenodo"]["base_url"],
+                             record_id=spec["zenodo_record"], settings=settings)
+
+
+def record_dir(downloads: str | Path, spec: dict[str, Any]) -> Path:
+    """Where the record's files are downloaded."""
+    return Path(downloads) / "zenodo" / str(spec["zenodo_record"])
+
+
 def is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
 
@@ -109,12 +122,9 @@ def read_catalog(params: dict[str, Any], survey: str, downloads: Path, progress:
         kept, dropped = gz2.filter_catalog(canonical, samples=spec.get("samples"),
                                            min_total_votes=spec["min_total_votes"])
     else:
-        services = params["real"]["services"]
         session = session_for(params, "zenodo")
-        files = zenodo.list_files(session, base_url=services["zenodo"]["base_url"],
-                                  record_id=spec["zenodo_record"], settings=settings)
-        (record_file,) = zenodo.select(files, [spec["catalog_file"]])
-        directory = downloads / "zenodo" / str(spec["zenodo_record"])
+        (record_file,) = zenodo.select(record_files(params, spec, session, settings), [spec["catalog_file"]])
+        directory = record_dir(downloads, spec)
         zenodo.download_file(session, record_file, directory, settings=settings, progress=progress)
         path = directory / record_file.key
         canonical = gzdecals.to_canonical(gzdecals.read_volunteers(path), survey=survey, path=str(path))
@@ -191,10 +201,8 @@ def run_archives(args: argparse.Namespace) -> None:
         raise UserError(f"real.surveys.{args.survey}.images is {spec['images']!r}: it has no Zenodo archives")
     settings = http_settings(params)
     session = session_for(params, "zenodo")
-    files = zenodo.list_files(session, base_url=params["real"]["services"]["zenodo"]["base_url"],
-                              record_id=spec["zenodo_record"], settings=settings)
-    chosen = zenodo.select(files, spec["image_files"])
-    directory = Path(args.downloads) / "zenodo" / str(spec["zenodo_record"])
+    chosen = zenodo.select(record_files(params, spec, session, settings), spec["image_files"])
+    directory = record_dir(args.downloads, spec)
     outcomes = {}
     for f in chosen:
         outcomes[f.key] = zenodo.download_file(session, f, directory, settings=settings,
@@ -234,7 +242,7 @@ class ImageSources:
 
         from gzmorph import archives
 
-        self.params, self.spec = params, spec
+        self.spec = spec
         self.settings = http_settings(params)
         self.services = params["real"]["services"]
         self.sessions = {s: session_for(params, s, pool_size) for s in ("skyserver", "legacysurvey")}
@@ -489,8 +497,7 @@ def estimate(params: dict[str, Any], survey: str, catalog_path: Path | None) -> 
         # One quick try: an estimate should not sit through a fetch's minutes of back-off.
         quick = HttpSettings(timeout_s=min(10.0, params["real"]["http"]["timeout_s"]), retries=1, backoff_s=0.5)
         try:
-            files = zenodo.list_files(make_session(quick), base_url=services["zenodo"]["base_url"],
-                                      record_id=spec["zenodo_record"], settings=quick)
+            files = record_files(params, spec, make_session(quick), quick)
             chosen = zenodo.select(files, [spec["catalog_file"], *spec["image_files"]])
             result["files"] = [{"key": f.key, "bytes": f.size} for f in chosen]
         except FetchError as exc:
