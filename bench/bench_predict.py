@@ -53,8 +53,9 @@ def repeated_test_split(shards: Path, out: Path, times: int) -> Path:
 
 
 def untrained_model(shards: Path, path: Path, input_size: int, question: str) -> Path:
+    from gzmorph.inputs import question_spec
     from gzmorph.shards import read_manifest
-    from gzmorph.train import build_question_model, question_spec
+    from gzmorph.train import build_question_model
 
     manifest = read_manifest(shards)
     params = bench_params(input_size, 64)
@@ -103,9 +104,10 @@ def predict_once(args: argparse.Namespace, shards: Path, model: Path, out: Path)
 
 def mc_loop_seconds(args: argparse.Namespace, shards: Path, model_path: Path) -> float:
     """The per-chunk work of predict() alone: T MC passes + 1 on every chunk, functions traced beforehand."""
+    from gzmorph.inputs import question_spec, vote_dataset
     from gzmorph.predict import predict_chunk, rho_functions
     from gzmorph.shards import read_manifest
-    from gzmorph.train import load_model, question_spec, vote_dataset
+    from gzmorph.train import load_model
 
     spec = question_spec(bench_params(args.input_size, 64), args.question, read_manifest(shards)["tree"])
     mc, point = rho_functions(load_model(model_path))
@@ -166,7 +168,7 @@ def main() -> None:
         shards = ensure_shards(args.shards, work, args.n, args.resolution, args.threads)
         model = Path(args.model) if args.model else untrained_model(shards, work / "model.keras",
                                                                    args.input_size, args.question)
-        from gzmorph.train import describe_device
+        from gzmorph.runtime import describe_device
 
         print(f"device: {describe_device()[0]}; threads {args.threads}; T = {args.passes} MC passes + 1; "
               f"chunk {args.chunk_size} galaxies")

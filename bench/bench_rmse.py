@@ -1,5 +1,7 @@
 """RMSE of the MC-mean rho against the observed vote fraction k/N and against the true rho.
 
+Beside each: one stochastic pass (T = 1, the paper's "without MC") and the deterministic network (rho_point).
+
 Reads the default run's predictions and the training survey's catalog (which carries the simulator's
 truth) and prints one row per question beside the paper's figures (Walmsley et al. 2020: 0.10 smooth,
 0.15 bar).  Run after `snakemake` / `dvc repro`:  python bench/bench_rmse.py
@@ -26,16 +28,18 @@ def main() -> None:
     params = config.load(args.params)
     survey = params["train"]["survey"]
     cat = catalog.load(f"data/catalogs/{survey}.parquet").set_index("id_str")
-    print(f"{'question':<20} {'galaxies':>8} {'RMSE vs k/N':>12} {'(single)':>9} {'RMSE vs true rho':>17} "
-          f"{'(single)':>9} {'paper':>6}")
+    print(f"{'question':<20} {'galaxies':>8} {'RMSE vs k/N':>12} {'(T=1)':>7} {'(determ.)':>9} "
+          f"{'RMSE vs true rho':>17} {'(T=1)':>7} {'(determ.)':>9} {'paper':>6}")
     for question, spec in params["train"]["questions"].items():
         pred = pd.read_parquet(f"results/predictions/{question}.parquet")
-        rho_mc = np.stack(pred["rho"].to_numpy()).mean(axis=1)
+        rho = np.stack(pred["rho"].to_numpy())
+        rho_mc, rho_t1 = rho.mean(axis=1), rho[:, 0]
         fraction = pred["votes"].to_numpy() / pred["total_votes"].to_numpy()
         truth = cat.loc[pred["id_str"], rho_column(question, spec["answer"])].to_numpy()
         point = pred["rho_point"].to_numpy()
-        print(f"{question:<20} {len(pred):>8} {rmse(rho_mc, fraction):>12.3f} {rmse(point, fraction):>9.3f} "
-              f"{rmse(rho_mc, truth):>17.3f} {rmse(point, truth):>9.3f} {PAPER_RMSE.get(question, float('nan')):>6.2f}")
+        print(f"{question:<20} {len(pred):>8} {rmse(rho_mc, fraction):>12.3f} {rmse(rho_t1, fraction):>7.3f} "
+              f"{rmse(point, fraction):>9.3f} {rmse(rho_mc, truth):>17.3f} {rmse(rho_t1, truth):>7.3f} "
+              f"{rmse(point, truth):>9.3f} {PAPER_RMSE.get(question, float('nan')):>6.2f}")
 
 
 if __name__ == "__main__":

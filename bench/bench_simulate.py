@@ -42,7 +42,8 @@ def main() -> None:
             rates = {}
             for threads in (1, 2):
                 out = Path(tmp) / f"t{threads}"
-                sub = sub.assign(file_loc=[str(out / f"{i}.png") for i in sub["id_str"]])
+                fmt = params["simulate"]["surveys"][survey]["image_format"]
+                sub = sub.assign(file_loc=[simulate.image_path(str(out), i, fmt) for i in sub["id_str"]])
                 done, t = timed(simulate.render_images, sub, sky, params, survey, threads=threads,
                                 progress=False)
                 rates[threads] = done["rendered"] / t

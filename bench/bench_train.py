@@ -7,7 +7,7 @@ random valid votes) of ``--n`` galaxies and shards it at 128 px in a temporary d
 
 One model (params.yaml's Fig. 3 CNN, network input ``--input-size`` = 64 px, augmentation on),
 one process, ``--steps`` training steps per timed epoch, fed two ways:
-  - pipeline: :func:`gzmorph.train.vote_dataset` on the train split exactly as ``gzmorph train``
+  - pipeline: :func:`gzmorph.inputs.vote_dataset` on the train split exactly as ``gzmorph train``
     builds it (read TFRecords, seeded shuffle, parallel batch parse, vote cut, rebatch, prefetch),
     repeated and re-batched to full batches so both feeds see the same number of images;
   - memory: the SAME first ``--steps`` batches of that pipeline, materialised as tensors and
@@ -128,17 +128,11 @@ def run(args: argparse.Namespace, shards: Path) -> None:
     import keras
     import tensorflow as tf
 
+    from gzmorph.inputs import question_spec, require_galaxies, vote_dataset
     from gzmorph.losses import BinomialLoss
+    from gzmorph.runtime import configure_threads, describe_device, seed_everything
     from gzmorph.shards import read_manifest
-    from gzmorph.train import (
-        build_question_model,
-        configure_threads,
-        describe_device,
-        question_spec,
-        require_galaxies,
-        seed_everything,
-        vote_dataset,
-    )
+    from gzmorph.train import build_question_model
 
     configure_threads(args.threads)
     device, gpu = describe_device()

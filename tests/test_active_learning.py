@@ -84,7 +84,7 @@ def tiny(tmp_path_factory):
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
                 "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.2},
                 "active_learning": {"passes": 2, "max_epochs": 1, "min_epochs": 0, "warm_start": False,
-                                    "patience": 1, "min_steps_per_epoch": 2,
+                                    "patience": 1, "warmup_epochs": 0, "min_steps_per_epoch": 2,
                                     "batch_size": 16, "questions": {QUESTION: {
                                         "initial": INITIAL, "per_iteration": PER_ITERATION,
                                         "iterations": ITERATIONS}}}}
@@ -249,12 +249,60 @@ def test_warm_start_fine_tunes_the_previous_model(tiny):
     assert len({id(model) for _, model, _ in rand}) == ITERATIONS + 1
 
 
-def test_kept_epoch_follows_early_stopping():
-    val = np.array([5.0, 4.0, 3.0, 6.0, 3.0, 7.0])
-    assert al.kept_epoch(val, 0) == 2  # the first of the tied lowest
-    assert al.kept_epoch(val, 3) == 4  # epochs before min_epochs are never kept
-    assert al.kept_epoch(val[:2], 5) == 1  # stopped before min_epochs: nothing restored, the last epoch
-    assert al.kept_epoch(np.array([1.0, np.nan, 2.0]), 1) == 2
+class _FitCalled(Exception):
+    pass
+
+
+def test_train_and_active_learning_share_fit(tiny, tmp_path, monkeypatch):
+    """``gzmorph train`` and every active-learning iteration train through the one loop, train.fit."""
+    from gzmorph import train
+    from gzmorph.inputs import question_spec
+
+    calls = []
+
+    def fake_fit(model, train_ds, val_ds, *, settings, steps_per_epoch=None, **kwargs):
+        calls.append((settings, steps_per_epoch, kwargs))
+        raise _FitCalled
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    params = tiny["params"]
+    with pytest.raises(_FitCalled):
+        train.train(params, QUESTION, tiny["shards"], tmp_path / "m.keras", tmp_path / "h.csv", progress=False)
+    assert calls[-1][0] == train.fit_settings(params, "train")
+    assert calls[-1][2]["checkpoint"] == tmp_path / "m.keras" and calls[-1][2]["history"] == tmp_path / "h.csv"
+
+    rng = np.random.default_rng(0)
+    data = al.Split(rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8), np.array([str(i) for i in range(20)]),
+                    np.full(20, 3.0, np.float32), np.full(20, 10.0, np.float32))
+    with pytest.raises(_FitCalled):
+        al._train_model(params, question_spec(params, QUESTION), 32, 0, data, data)
+    settings, steps, _ = calls[-1]
+    assert settings == train.fit_settings(params, "active_learning") != train.fit_settings(params, "train")
+    assert steps == max(-(-20 // params["active_learning"]["batch_size"]),
+                        params["active_learning"]["min_steps_per_epoch"])
+    assert len(calls) == 2
+
+
+def test_mc_rho_runs_predicts_passes(monkeypatch):
+    """Active learning scores with predict's passes (rho_functions + chunk_passes), chunk by chunk."""
+    import tensorflow as tf
+
+    from gzmorph import predict
+
+    draws = iter(range(1000))
+    seen = []
+
+    def fake_pass(x):  # an MC pass: a new value per call, for every galaxy of the chunk x
+        seen.append(len(x))
+        return tf.fill([len(x)], next(draws) / 1000)
+
+    monkeypatch.setattr(predict, "rho_functions", lambda model: (fake_pass, None))
+    rho = al.mc_rho(object(), np.zeros((10, 2, 2, 3), np.uint8), 3, chunk=4)
+    assert rho.shape == (10, 3) and rho.dtype == np.float64
+    assert seen == [4] * 3 + [4] * 3 + [2] * 3  # all T passes of a chunk, then the next chunk
+    np.testing.assert_allclose(rho[0], [0, 0.001, 0.002], atol=1e-7)
+    np.testing.assert_allclose(rho[-1], [0.006, 0.007, 0.008], atol=1e-7)
+    assert al.mc_rho(object(), np.zeros((0, 2, 2, 3), np.uint8), 3).shape == (0, 3)
 
 
 def test_unknown_question_is_a_config_error(tiny):

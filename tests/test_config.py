@@ -104,6 +104,17 @@ def test_real_source_config_is_valid_and_names_its_surveys():
     assert config.active_surveys(params) == {"sdss": "gz2", "decals": "decals-dr5"}
 
 
+def test_real_config_applies_the_papers_gz2_vote_cut(params):
+    real = config.load([ROOT / "params.yaml", ROOT / "params" / "real.yaml"])
+    smooth = real["train"]["questions"]["smooth-or-featured"]
+    assert smooth["min_total_votes"] == 36  # Walmsley et al. 2020 section 2.5.1: N < 36 dropped
+    default = params["train"]["questions"]["smooth-or-featured"]
+    assert {k: v for k, v in smooth.items() if k != "min_total_votes"} == {
+        k: v for k, v in default.items() if k != "min_total_votes"}  # the rest of the question is merged in
+    assert default["min_total_votes"] == 0  # the simulated default keeps every galaxy
+    assert real["train"]["questions"]["bar"] == params["train"]["questions"]["bar"]
+
+
 def test_real_source_requires_the_real_section(params):
     params["data_source"] = "real"
     del params["real"]

@@ -15,6 +15,7 @@ from test_train import QUESTION, RESOLUTION, learnable_shards, tiny_params
 from gzmorph import evaluate as ev
 from gzmorph.config import UserError
 from gzmorph.posterior import mixture_pmf, single_pass_pmf
+from gzmorph.sim.population import sample_population
 
 # ------------------------------------------------------------------------------------------- calibration
 
@@ -99,10 +100,37 @@ def test_epsilon_grid_and_calibration_table():
     post = ev.posteriors(k, n, rho, rho[:, 0])
     table = ev.calibration_table(post, [0.0, 0.25, 0.51])
     assert list(table.columns) == list(ev.CALIBRATION_COLUMNS)
-    np.testing.assert_allclose(table["expected_mc"], [0, 1.95, 2.95])
-    np.testing.assert_allclose(table["expected_single"], [0, 1.95, 2.95])
-    np.testing.assert_array_equal(table["actual_single"], [0, 1, 3])
+    assert list(table.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in ("mc", "t1", "deterministic")
+                                                 for w in ("expected", "actual", "coverage_error")]
+    for kind in ev.KINDS:
+        np.testing.assert_allclose(table[f"expected_{kind}"], [0, 1.95, 2.95])
+        np.testing.assert_array_equal(table[f"actual_{kind}"], [0, 1, 3])
     assert table["coverage_error_mc"].isna().tolist() == [True, False, False]
+
+
+def test_t1_uses_only_the_first_pass():
+    """Pass 0 is the hand case (rho .5/.9/.2, N = 2); pass 1 and rho_point differ, so only t1 matches it."""
+    _, k, n = _hand_case()
+    rho = np.array([[0.5, 0.1], [0.9, 0.1], [0.2, 0.9]])
+    rho_point = np.array([0.9, 0.1, 0.9])  # k̂ = 2, 0, 2: never the observed k
+    post = ev.posteriors(k, n, rho, rho_point)
+    np.testing.assert_allclose(post.pmf_t1, [[0.25, 0.5, 0.25], [0.01, 0.18, 0.81], [0.64, 0.32, 0.04]], atol=1e-12)
+    np.testing.assert_array_equal(post.k_hat("t1"), [1, 2, 0])
+    np.testing.assert_array_equal(post.k_hat("deterministic"), [2, 0, 2])
+    table = ev.calibration_table(post, [0.25])  # window = k̂ alone
+    assert table["expected_t1"].iloc[0] == pytest.approx(0.5 + 0.81 + 0.64)
+    assert table["actual_t1"].iloc[0] == 1  # only B: k = k̂ = 2
+    assert table["expected_deterministic"].iloc[0] == pytest.approx(0.81 + 0.81 + 0.81)
+    assert table["actual_deterministic"].iloc[0] == 0
+    metrics = ev.point_metrics(post, table, np.array([0.4, 0.9, 0.2]), np.ones(3, bool))
+    v = np.array([0.0, 1.0, 0.5])
+    assert metrics["rmse_vs_vote_fraction"]["t1_rho"] == pytest.approx(np.sqrt(np.mean((rho[:, 0] - v) ** 2)))
+    assert metrics["rmse_vs_vote_fraction"]["t1_most_likely"] == pytest.approx(np.sqrt((0.25 + 0 + 0.25) / 3))
+    assert metrics["rmse_vs_vote_fraction"]["deterministic_rho"] == pytest.approx(
+        np.sqrt(np.mean((rho_point - v) ** 2)))
+    assert metrics["rmse_vs_true_rho"]["t1_rho"] == pytest.approx(np.sqrt(0.01 / 3))
+    assert set(metrics["coverage_error"]) == {"mc", "t1", "deterministic"}
+    assert set(metrics["roc_auc"]) == {"all", "high_confidence", "t1_all", "deterministic_all"}
 
 
 # ------------------------------------------------------------------------------------------- ROC / AUC
@@ -159,6 +187,134 @@ def test_high_confidence_is_about_8_percent_of_each_predicted_class():
     assert ev.high_confidence_mask(np.array([0.9, 0.2, 0.3])).tolist() == [True, True, False]  # >= 1 per class
 
 
+# ------------------------------------------------------------------------------------------- learnability
+
+
+def test_bins_and_keys():
+    values = np.array([0.0, 0.05, 0.1, 0.29, 0.3, 0.5, 1.0, 1.2, -0.1, np.nan])
+    np.testing.assert_array_equal(ev.bin_index(values), [0, 0, 1, 1, 2, 3, 3, 3, 0, -1])
+    assert ev.bin_labels() == ["0-0.1", "0.1-0.3", "0.3-0.5", "0.5-1"]
+    assert ev.group_key("arms 0.3-0.5") == "arms_0p3_0p5" and ev.group_key("disk") == "disk"
+
+
+def test_group_rmse_keeps_nan_inside_its_groups():
+    masks = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0]], bool)
+    out = ev.group_rmse(np.array([0.1, 0.4, np.nan]), np.array([0.0, 0.0, 0.5]), masks)
+    assert math.isnan(out[0]) and out[1] == pytest.approx(np.sqrt((0.01 + 0.16) / 2)) and math.isnan(out[2])
+
+
+def test_class_mean_prediction():
+    pred = ev.class_mean_prediction(np.array(["smooth", "smooth", "disk"], object), np.array([0.2, 0.4, 0.9]),
+                                    np.array(["disk", "smooth", "merger", np.nan], object))
+    np.testing.assert_allclose(pred, [0.9, 0.3, np.nan, np.nan])
+
+
+LEARN_PARAMS = {"train": {"questions": {"bar": {"answer": "yes", "min_total_votes": 5}}},
+                "simulate": {"surveys": {"sdss": {"seeing_fwhm": 1.4}}}}
+
+
+def _six_galaxies(rho: np.ndarray):
+    """Reference R1 smooth 0.2, R2 smooth 0.4, R3 disk 0.9 (N = 10), R4 disk 0.1 with N = 3 < the cut 5;
+    test T1 smooth (true 0.1, k = 2 of 10), T2 disk (true 0.6, 5 of 10; arm amplitude 0.35).
+
+    Class-only predicts 0.3 / 0.9 (R4 is cut), the constant 0.5; the catalog lists T2 before T1.
+    """
+    catalog = pd.DataFrame({
+        "id_str": ["R1", "R2", "T2", "R3", "R4", "T1"], "survey": "sdss",
+        "bar_total-votes": [10, 10, 10, 10, 3, 10],
+        "truth_rho_bar_yes": [0.2, 0.4, 0.6, 0.9, 0.1, 0.1],
+        "truth_morphology": ["smooth", "smooth", "disk", "disk", "disk", "smooth"],
+        "truth_arm_amplitude": [0.0, 0.0, 0.35, 0.8, 0.8, 0.0],
+        "truth_bar_strength": [0.0, 0.0, 0.05, 0.0, 0.0, 0.0],
+        "truth_bulge_to_total": [0.9, 0.9, 0.2, 0.5, 0.5, 0.9],
+    })
+    predictions = pd.DataFrame({"id_str": ["T1", "T2"]})
+    predictions.attrs.update({"answer": "yes", "min_total_votes": "5", "total_column": "bar_total-votes"})
+    post = ev.posteriors(np.array([2, 5]), np.array([10, 10]), rho, rho[:, 0])
+    truth = ev.truth_for(catalog, predictions["id_str"], "bar", "yes")
+    return catalog, predictions, post, truth
+
+
+@pytest.fixture()
+def fake_visibility(monkeypatch):
+    """volunteers.visibility replaced by the raw truth: arms = amplitude, bar = strength, disk = 1 - B/T."""
+    from types import SimpleNamespace
+
+    from gzmorph.sim import volunteers
+
+    calls = []
+
+    def fake(g, survey):
+        calls.append((dict(g), survey))
+        return SimpleNamespace(arms=np.asarray(g["arm_amplitude"]), bar=np.asarray(g["bar_strength"]),
+                               disk=1 - np.asarray(g["bulge_to_total"]), featured=None)
+
+    monkeypatch.setattr(volunteers, "visibility", fake)
+    return calls
+
+
+def test_learnability_six_galaxies_by_hand(fake_visibility):
+    catalog, predictions, post, truth = _six_galaxies(np.array([[0.3, 0.1], [0.7, 0.5]]))  # mean 0.2, 0.6
+    result = ev.learnability(LEARN_PARAMS, "bar", predictions, post, catalog, truth)
+    assert result.has_truth and result.vote_cut == 5 and result.reference_galaxies == 3
+    (g, survey), = fake_visibility
+    assert survey is LEARN_PARAMS["simulate"]["surveys"]["sdss"]
+    np.testing.assert_array_equal(g["morphology"], ["smooth", "disk"])  # prefix stripped, predictions' order
+    table = result.table.set_index("group")
+    bins = [f"{f} {b}" for f in ("arms", "bar", "disk") for b in ev.bin_labels()]
+    assert table.index.tolist() == ["all", "smooth", "disk", *bins]
+    expected = {  # errors T1, T2: model .1/0, t1 .2/.1, class-only .2/.3, constant .4/.1, floor .1/.1
+        "all": [2, np.sqrt(0.005), np.sqrt(0.025), np.sqrt(0.065), np.sqrt(0.085), 0.1, 1 - np.sqrt(1 / 13)],
+        "smooth": [1, 0.1, 0.2, 0.2, 0.4, 0.1, 0.5],
+        "disk": [1, 0.0, 0.1, 0.3, 0.1, 0.1, 1.0],
+        "arms 0.3-0.5": [1, 0.0, 0.1, 0.3, 0.1, 0.1, 1.0],
+        "bar 0-0.1": [1, 0.0, 0.1, 0.3, 0.1, 0.1, 1.0],
+        "disk 0.5-1": [1, 0.0, 0.1, 0.3, 0.1, 0.1, 1.0],
+    }
+    for group, row in expected.items():
+        np.testing.assert_allclose(table.loc[group, list(ev.LEARNABILITY_COLUMNS[1:])].to_numpy(float), row,
+                                   atol=1e-12, err_msg=group)
+    assert table.loc["arms 0-0.1", "n_galaxies"] == 0 and math.isnan(table.loc["arms 0-0.1", "rmse_model"])
+    assert table.loc[[b for b in bins if b.startswith("arms")], "n_galaxies"].sum() == 1  # the smooth T1 is in none
+
+    section = ev.learnability_metrics(result)
+    assert section["all"]["rmse_class_only"] == pytest.approx(np.sqrt(0.065))
+    assert section["disk"]["n_galaxies"] == 1 and isinstance(section["disk"]["n_galaxies"], int)
+    assert section["visibility"]["arms_0p3_0p5"] == {"n_galaxies": 1, "rmse_model": 0.0,
+                                                     "rmse_class_only": pytest.approx(0.3), "gain_over_class": 1.0}
+    assert section["visibility"]["arms_0_0p1"]["rmse_model"] is None  # NaN -> null
+
+    def keys(obj):
+        return [k for key, v in obj.items() for k in [key, *(keys(v) if isinstance(v, dict) else [])]]
+
+    assert not [k for k in keys(section) if "." in k]  # DVC flattens nested keys with dots
+    assert "bar" in ev.learnability_summary("bar", result) and "class-only 0.300" in ev.learnability_summary(
+        "bar", result)
+
+
+def test_gain_is_zero_for_the_class_mean_and_positive_for_the_truth(fake_visibility):
+    smooth = np.mean([0.2, 0.4])  # the reference smooth galaxies' mean, as the class-only predictor rounds it
+    catalog, predictions, post, truth = _six_galaxies(np.array([[smooth, smooth], [0.9, 0.9]]))  # the class means
+    table = ev.learnability(LEARN_PARAMS, "bar", predictions, post, catalog, truth).table.set_index("group")
+    assert (table.loc[["all", "smooth", "disk"], "gain_over_class"] <= 0).all()
+    _, _, post, _ = _six_galaxies(np.array([[0.1, 0.1], [0.6, 0.6]]))  # the truth
+    table = ev.learnability(LEARN_PARAMS, "bar", predictions, post, catalog, truth).table.set_index("group")
+    assert (table.loc[["all", "smooth", "disk"], "gain_over_class"] > 0).all()
+    np.testing.assert_allclose(table.loc[["all", "smooth", "disk"], "rmse_model"], 0, atol=1e-12)
+
+
+def test_learnability_without_truth_or_visibility(fake_visibility):
+    catalog, predictions, post, truth = _six_galaxies(np.array([[0.3, 0.1], [0.7, 0.5]]))
+    result = ev.learnability(LEARN_PARAMS, "bar", predictions, post, None, None)  # real data
+    assert not result.has_truth and result.table["group"].tolist() == ["all"]
+    assert result.table["n_galaxies"].tolist() == [0] and result.table.iloc[0, 2:].isna().all()
+    assert ev.learnability_metrics(result) is None
+    assert "no simulated truth" in ev.learnability_summary("bar", result)
+    unknown = {**LEARN_PARAMS, "simulate": {"surveys": {}}}  # no optics for the catalog's survey: no bins
+    table = ev.learnability(unknown, "bar", predictions, post, catalog, truth).table
+    assert table["group"].tolist() == ["all", "smooth", "disk"]
+
+
 # ------------------------------------------------------------------------------------------- CLI end to end
 
 
@@ -167,17 +323,23 @@ def stage_inputs(tmp_path_factory):
     """Tiny shards, an untrained (but saved) model, a catalog with truth and a predictions parquet."""
     import pyarrow.parquet as pq
 
-    from gzmorph import train
+    from gzmorph import inputs, train
     from gzmorph.predict import chunk_table, prediction_schema
 
     root = tmp_path_factory.mktemp("evaluate")
     shards, df = learnable_shards(root, n=90, seed=5)
     params = tiny_params(root)
-    spec = train.question_spec(params, QUESTION)
+    spec = inputs.question_spec(params, QUESTION)
     train.build_question_model(params, spec, RESOLUTION).save(root / "bar.keras")
     df["truth_rho_bar_yes"] = df.pop("rho_true")
     catalog = root / "catalog.parquet"
     df.drop(columns=["split"]).to_parquet(catalog, index=False)
+    df.drop(columns=["split", "truth_rho_bar_yes"]).to_parquet(root / "catalog_real.parquet", index=False)
+    sky = sample_population(len(df), params["simulate"]["sky"], 5).iloc[: len(df)]  # a simulated sky's truth
+    assert len(sky) == len(df)
+    sim = df.drop(columns=["split"]).assign(**{f"truth_{c}": sky[c].to_numpy() for c in sky.columns
+                                              if c not in ("ra", "dec")})
+    sim.to_parquet(root / "catalog_sim.parquet", index=False)
 
     test = df[(df["split"] == "test") & (df["bar_total-votes"] >= 10)].reset_index(drop=True)
     rng = np.random.default_rng(6)
@@ -191,7 +353,9 @@ def stage_inputs(tmp_path_factory):
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
     return {"root": root, "shards": shards, "model": root / "bar.keras", "catalog": catalog,
-            "predictions": predictions, "params": params_file, "test": test, "rho": rho}
+            "predictions": predictions, "params": params_file, "test": test, "rho": rho, "catalog_df": df,
+            "catalog_real": root / "catalog_real.parquet", "catalog_sim": root / "catalog_sim.parquet",
+            "sim_df": sim}
 
 
 def _cli(argv: list[str]) -> None:
@@ -224,7 +388,10 @@ def test_cli_end_to_end(stage_inputs, tmp_path, images):
     expect = ev.coverage_counts(mixture_pmf(rho, n), k, n, table["epsilon"].to_numpy())
     np.testing.assert_allclose(table["expected_mc"], expect.expected, rtol=1e-5)
     np.testing.assert_array_equal(table["actual_mc"], expect.actual)
-    assert (table["actual_mc"] <= g).all() and (table["expected_single"] <= g + 1e-6).all()
+    assert (table["actual_mc"] <= g).all() and (table["expected_deterministic"] <= g + 1e-6).all()
+    expect_t1 = ev.coverage_counts(single_pass_pmf(rho[:, 0], n), k, n, table["epsilon"].to_numpy())
+    np.testing.assert_allclose(table["expected_t1"], expect_t1.expected, rtol=1e-5)
+    np.testing.assert_array_equal(table["actual_t1"], expect_t1.actual)
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_galaxies"] == g and metrics["passes"] == 4
@@ -234,9 +401,13 @@ def test_cli_end_to_end(stage_inputs, tmp_path, images):
     assert truth["n_galaxies"] == g
     assert truth["mc_mean_rho"] == pytest.approx(
         np.sqrt(np.mean((rho.mean(axis=1) - test["truth_rho_bar_yes"]) ** 2)), rel=1e-5)
-    assert set(metrics["coverage_error"]["mc"]) == {"eps_0p02", "eps_0p05", "eps_0p10", "eps_0p20"}
+    assert truth["t1_rho"] == pytest.approx(np.sqrt(np.mean((rho[:, 0] - test["truth_rho_bar_yes"]) ** 2)), rel=1e-5)
+    for kind in ev.KINDS:
+        assert set(metrics["coverage_error"][kind]) == {"eps_0p02", "eps_0p05", "eps_0p10", "eps_0p20"}
     row = table.set_index(np.round(table["epsilon"], 10)).loc[0.1]
-    assert metrics["coverage_error"]["single"]["eps_0p10"] == pytest.approx(row["coverage_error_single"], rel=1e-4)
+    assert metrics["coverage_error"]["t1"]["eps_0p10"] == pytest.approx(row["coverage_error_t1"], rel=1e-4)
+    assert metrics["coverage_error"]["deterministic"]["eps_0p10"] == pytest.approx(
+        row["coverage_error_deterministic"], rel=1e-4)
     conf = metrics["confusion"]["all"]
     assert conf["n"] == g and 0 <= conf["accuracy"] <= 1
     assert 2 <= metrics["confusion"]["high_confidence"]["n"] <= max(2, round(0.08 * g) + 2)
@@ -249,6 +420,59 @@ def test_cli_end_to_end(stage_inputs, tmp_path, images):
     for name in ("calibration", "confusion", "roc", "distributions", "posteriors"):
         assert (out / f"{name}.png").stat().st_size > 10_000
     assert not list(out.glob(".*"))  # no temporary files left
+
+    # truth rho but no truth_morphology: only the `all` row; no class, so no class-only predictor
+    learn = pd.read_csv(out / "learnability.csv")
+    assert list(learn.columns) == list(ev.LEARNABILITY_COLUMNS) and learn["group"].tolist() == ["all"]
+    assert learn["n_galaxies"].iloc[0] == g
+    assert learn["rmse_model"].iloc[0] == pytest.approx(truth["mc_mean_rho"], rel=1e-4)
+    assert learn["rmse_floor"].iloc[0] == pytest.approx(truth["observed_vote_fraction"], rel=1e-4)
+    assert math.isnan(learn["rmse_class_only"].iloc[0]) and math.isnan(learn["gain_over_class"].iloc[0])
+    train_val = s["catalog_df"][~s["catalog_df"]["id_str"].isin(test["id_str"])
+                                & (s["catalog_df"]["bar_total-votes"] >= 10)]
+    assert metrics["learnability"]["reference_galaxies"] == len(train_val)
+    assert metrics["learnability"]["all"]["rmse_constant"] == pytest.approx(
+        np.sqrt(np.mean((train_val["truth_rho_bar_yes"].mean() - test["truth_rho_bar_yes"]) ** 2)), rel=1e-4)
+
+
+def test_cli_learnability_with_simulated_truth(stage_inputs, tmp_path):
+    from gzmorph import config
+    from gzmorph.sim.volunteers import visibility
+
+    s, out = stage_inputs, tmp_path / "out"
+    argv = _argv(s, out, False)
+    argv[argv.index("--catalog") + 1] = str(s["catalog_sim"])
+    _cli(argv)
+    g = len(s["test"])
+    learn = pd.read_csv(out / "learnability.csv").set_index("group")
+    bins = [f"{f} {b}" for f in ev.VISIBILITY_FEATURES for b in ev.bin_labels()]
+    assert learn.index.tolist() == ["all", "smooth", "disk", *bins]
+    assert learn.loc["all", "n_galaxies"] == g == learn.loc["smooth", "n_galaxies"] + learn.loc["disk", "n_galaxies"]
+    test = s["sim_df"].set_index("id_str").loc[s["test"]["id_str"]]
+    disk = (test["truth_morphology"] == "disk").to_numpy()
+    assert learn.loc["disk", "n_galaxies"] == disk.sum() > 0
+    sky = {c[len("truth_"):]: test[c].to_numpy() for c in test.columns if c.startswith("truth_")}
+    vis = visibility(sky, config.load(s["params"])["simulate"]["surveys"]["sdss"])
+    for f in ev.VISIBILITY_FEATURES:
+        counts = np.bincount(ev.bin_index(getattr(vis, f)[disk]), minlength=len(ev.bin_labels()))
+        np.testing.assert_array_equal(learn.loc[[f"{f} {b}" for b in ev.bin_labels()], "n_galaxies"], counts)
+    assert learn.loc["all", "rmse_class_only"] > 0 and math.isfinite(learn.loc["all", "gain_over_class"])
+    metrics = json.loads((out / "metrics.json").read_text())["learnability"]
+    assert {"all", "smooth", "disk", "visibility", "vote_cut", "reference_galaxies"} <= set(metrics)
+    assert metrics["vote_cut"] == 10 and set(metrics["visibility"]) == {ev.group_key(b) for b in bins}
+    assert metrics["all"]["gain_over_class"] == pytest.approx(learn.loc["all", "gain_over_class"], rel=1e-4)
+
+
+def test_cli_without_truth_writes_the_all_row(stage_inputs, tmp_path):
+    s, out = stage_inputs, tmp_path / "out"
+    argv = _argv(s, out, False)
+    argv[argv.index("--catalog") + 1] = str(s["catalog_real"])
+    _cli(argv)
+    learn = pd.read_csv(out / "learnability.csv")
+    assert learn["group"].tolist() == ["all"] and learn["n_galaxies"].tolist() == [0]
+    assert learn.drop(columns=["group", "n_galaxies"]).isna().all(axis=None)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["learnability"] is None and metrics["rmse_vs_true_rho"] is None
 
 
 def test_network_images_are_the_deterministic_preprocess(stage_inputs):

@@ -31,3 +31,14 @@ def test_bad_inputs_are_user_errors(tmp_path):
         merge_metrics([write(tmp_path / "c.json", {"n": 1})])
     with pytest.raises(UserError, match="no such metrics file"):
         merge_metrics([tmp_path / "missing.json"])
+
+
+def test_learnability_section_passes_through(tmp_path):
+    """`gzmorph metrics` keeps each question's learnability section (null for real data) as evaluate wrote it."""
+    section = {"vote_cut": 10, "reference_galaxies": 120,
+               "all": {"n_galaxies": 30, "rmse_model": 0.08, "rmse_class_only": 0.12, "gain_over_class": 1 / 3},
+               "visibility": {"arms_0p3_0p5": {"n_galaxies": 4, "rmse_model": None}}}
+    a = write(tmp_path / "a/metrics.json", {"question": "bar", "learnability": section})
+    b = write(tmp_path / "b/metrics.json", {"question": "smooth-or-featured", "learnability": None})
+    merged = merge_metrics([a, b])
+    assert merged["bar"]["learnability"] == section and merged["smooth-or-featured"]["learnability"] is None

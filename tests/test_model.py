@@ -78,6 +78,61 @@ def test_forward_pass_uint8_to_float32_logits():
     assert np.all((rho > 0) & (rho < 1))
 
 
+# ---------------------------------------------------------------- seeds
+
+# Active learning seeds iteration i of repeat r with base + 1000 * r + i (src/gzmorph/active_learning.py).
+AL_BASE_SEED, AL_REPEATS, AL_ITERATIONS = 42, range(4), range(9)
+
+
+def _al_seed(repeat: int, iteration: int = 0) -> int:
+    return AL_BASE_SEED + 1000 * repeat + iteration
+
+
+def _layer_seeds(model: keras.Model) -> dict[str, int]:
+    """Seed of every random draw of a built model: initializers and random layers (augmentation steps included)."""
+    seeds = {}
+    for layer in model.layers:
+        for sub in getattr(layer, "steps", None) or [layer]:  # the augmentation block only passes seeds on
+            init = getattr(sub, "kernel_initializer", None)
+            if getattr(init, "seed", None) is not None:
+                seeds[f"{sub.name}.kernel_initializer"] = int(init.seed)
+            if getattr(sub, "seed", None) is not None:
+                seeds[sub.name] = int(sub.seed)
+    return seeds
+
+
+def test_no_two_layers_of_active_learning_models_share_a_seed():
+    owners: dict[int, str] = {}
+    n_layers = None
+    for r, i in itertools.product(AL_REPEATS, AL_ITERATIONS):
+        seeds = _layer_seeds(build_model(SIZE, output_size=OUT, seed=_al_seed(r, i)))
+        n_layers = n_layers or len(seeds)
+        assert len(seeds) == n_layers == 14  # 8 kernels, 2 flips, rotation, contrast, zoom crop, dropout
+        for name, s in seeds.items():
+            assert 0 <= s < 2**31
+            here = f"repeat {r} iteration {i} {name}"
+            assert s not in owners, f"{here} has the seed of {owners.get(s)}"
+            owners[s] = here
+
+
+def test_repeat_models_start_from_different_kernels():
+    """Repeats 0 and 1 (seeds 42 and 1042): no initial kernel of one equals a same-shaped kernel of the other
+    (with seed + 1000 * offset, repeat 0's conv2_1 started as repeat 1's conv1_2)."""
+    kernels = []
+    for r in (0, 1):
+        model = build_model(SIZE, output_size=OUT, seed=_al_seed(r))
+        kernels.append({w.path: _np(w) for w in model.weights if w.path.endswith("kernel")})
+    assert len(kernels[0]) == len(kernels[1]) == 8
+    for (na, a), (nb, b) in itertools.product(kernels[0].items(), kernels[1].items()):
+        if a.shape == b.shape:
+            assert not np.allclose(a, b), f"repeat 0 {na} == repeat 1 {nb}"
+    # ... while the same seed still builds the same model
+    again = build_model(SIZE, output_size=OUT, seed=_al_seed(0))
+    for w in again.weights:
+        if w.path.endswith("kernel"):
+            np.testing.assert_array_equal(_np(w), kernels[0][w.path])
+
+
 # ---------------------------------------------------------------- crop + resize
 
 

@@ -70,8 +70,10 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert list(predictions.columns) == ["id_str", "votes", "total_votes", "rho", "rho_point"]
         assert (predictions["rho"].map(len) == params["predict"]["passes"]).all()
         calibration = pd.read_csv(workdir / f"results/calibration/{question}.csv")
-        assert list(calibration.columns) == ["epsilon", "expected_mc", "actual_mc", "coverage_error_mc",
-                                             "expected_single", "actual_single", "coverage_error_single"]
+        assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in ("mc", "t1", "deterministic")
+                                                           for w in ("expected", "actual", "coverage_error")]
+        learnability = pd.read_csv(workdir / f"results/evaluation/{question}/learnability.csv")
+        assert learnability["group"].iloc[0] == "all"
         assert {0.02, 0.05, 0.1, 0.2} <= set(calibration["epsilon"].round(4))
     metrics = json.loads((workdir / "results/metrics.json").read_text())
     assert set(metrics) == set(params["train"]["questions"])

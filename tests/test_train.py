@@ -1,7 +1,8 @@
 """``gzmorph train`` on tiny shards with a learnable signal: brightness of a central blob sets rho.
 
 ``learnable_shards`` is shared with test_predict.py.  One model is trained per module (a few
-seconds on 2 cores) and the tests inspect its outputs.
+seconds on 2 cores) and the tests inspect its outputs.  The training loop itself (:func:`gzmorph.train.fit`:
+schedule, early stopping, what is kept and saved) is tested on a one-layer model and synthetic batches.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def learnable_shards(root: Path, n: int = 700, seed: int = 0, fractions: dict | 
 def tiny_params(root: Path, **train: object) -> dict:
     """params.yaml with a small, fast model: input 32 px, few epochs; ``train`` overrides train.* keys."""
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
-                "train": {"input_size": 32, "batch_size": 32, "max_epochs": 6, "patience": 3,
-                          "learning_rate": 0.003, "dropout_rate": 0.2, **train},
+                "train": {"input_size": 32, "batch_size": 32, "max_epochs": 6, "min_epochs": 2, "patience": 3,
+                          "warmup_epochs": 1, "learning_rate": 0.003, "dropout_rate": 0.2, **train},
                 "predict": {"passes": 5, "chunk_size": 64}}
     path = root / "override.yaml"
     path.write_text(yaml.safe_dump(override))
@@ -128,8 +129,11 @@ def test_training_loss_falls_and_rho_learns_the_signal(trained):
 
 
 def test_history_has_one_row_per_epoch(trained):
+    from gzmorph.train import HISTORY_COLUMNS
+
     history = pd.read_csv(trained["out"] / "history.csv")
-    assert {"epoch", "loss", "val_loss"} <= set(history.columns)
+    assert tuple(history.columns) == HISTORY_COLUMNS == ("epoch", "learning_rate", "loss", "val_loss")
+    pd.testing.assert_frame_equal(history, trained["result"].history, check_dtype=False)
     assert history["epoch"].tolist() == list(range(len(history)))
     assert 1 <= len(history) <= trained["params"]["train"]["max_epochs"]
     assert np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
@@ -137,14 +141,16 @@ def test_history_has_one_row_per_epoch(trained):
     assert not [p for p in trained["out"].iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_saved_model_is_the_best_epoch(trained):
-    """EarlyStopping restores, and the checkpoint holds, the epoch with the lowest val_loss."""
+def test_saved_model_is_the_kept_epoch(trained):
+    """The saved model holds the epoch with the lowest val_loss from min_epochs on (what EarlyStopping restores)."""
+    from gzmorph.inputs import count_galaxies, question_spec, vote_dataset
     from gzmorph.losses import BinomialLoss
-    from gzmorph.train import count_galaxies, load_model, question_spec, vote_dataset
+    from gzmorph.train import load_model
 
     history = trained["result"].history
-    best = trained["result"].best_epoch
-    assert best == int(history["val_loss"].idxmin())
+    best = trained["result"].kept_epoch
+    min_epochs = trained["params"]["train"]["min_epochs"]
+    assert best >= min_epochs and best == min_epochs + int(history["val_loss"].iloc[min_epochs:].to_numpy().argmin())
     model = load_model(trained["out"] / "bar.keras")
     model.compile(loss=BinomialLoss())
     spec = question_spec(trained["params"], QUESTION)
@@ -155,7 +161,7 @@ def test_saved_model_is_the_best_epoch(trained):
 
 def test_vote_cut_counts_galaxies(trained):
     """Galaxies with N < min_total_votes (and N = 0) never reach the model."""
-    from gzmorph.train import count_galaxies, question_spec, vote_dataset
+    from gzmorph.inputs import count_galaxies, question_spec, vote_dataset
 
     df, params = trained["df"], trained["params"]
     spec = question_spec(params, QUESTION)
@@ -186,7 +192,8 @@ def test_training_is_repeatable(trained, tmp_path):
 
 
 def test_errors(trained, tmp_path):
-    from gzmorph.train import NoGalaxiesError, train
+    from gzmorph.inputs import NoGalaxiesError
+    from gzmorph.train import train
 
     params, shards = trained["params"], trained["shards"]
     with pytest.raises(config.ConfigError, match="no question 'spiral'"):
@@ -209,3 +216,121 @@ def test_cli_one_line_errors(trained, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gzmorph train: error:") and "no manifest" in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------------- the training loop
+# One Dense layer on constant inputs; the training batches say rho = 0.99, the validation batch rho = 0.1, so
+# every epoch moves rho further from the validation answer (slowly enough not to overshoot 0.99 within 10
+# epochs): the val loss rises monotonically and is lowest at epoch 0.  Epochs of STEPS batches of a repeated
+# dataset (as active learning feeds them).
+
+STEPS = 4
+
+
+def _tiny_fit(tmp_path: Path | None = None, **settings: object):
+    import keras
+    import tensorflow as tf
+
+    from gzmorph.train import FitSettings, fit
+
+    x = np.ones((8, 1), np.float32)
+    train_ds = tf.data.Dataset.from_tensors((x, np.tile([[99.0, 100.0]], (8, 1)).astype(np.float32))).repeat()
+    val = (x, np.tile([[1.0, 10.0]], (8, 1)).astype(np.float32))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, kernel_initializer="zeros")])
+    defaults = {"learning_rate": 0.02, "max_epochs": 6, "min_epochs": 0, "patience": 100, "schedule": "constant"}
+    out = {} if tmp_path is None else {"checkpoint": tmp_path / "m.keras", "history": tmp_path / "h.csv"}
+    result = fit(model, train_ds, tf.data.Dataset.from_tensors(val), settings=FitSettings(**defaults | settings),
+                 steps_per_epoch=STEPS, **out)
+    return model, val, result
+
+
+def _val_loss(model, val) -> float:
+    from gzmorph.losses import BinomialLoss
+
+    return float(np.mean(np.asarray(BinomialLoss(reduction=None)(val[1], model(val[0], training=False)))))
+
+
+def test_tiny_fit_val_loss_is_lowest_at_epoch_0():
+    _, _, result = _tiny_fit(max_epochs=10)
+    val_loss = result.history["val_loss"].to_numpy()
+    assert np.all(np.diff(val_loss) > 0)  # the premise of the early-stopping tests below
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_at_max_epochs(tmp_path):
+    lr, low, warmup, epochs = 0.01, 1e-4, 2, 6
+    _tiny_fit(tmp_path, schedule="cosine", learning_rate=lr, min_learning_rate=low, warmup_epochs=warmup,
+              max_epochs=epochs)
+    logged = pd.read_csv(tmp_path / "h.csv")["learning_rate"].to_numpy()  # rate at the end of each epoch
+    done = np.arange(1, epochs + 1)  # epochs completed
+    expected = np.where(done <= warmup, lr * done / warmup,
+                        low + (lr - low) * 0.5 * (1 + np.cos(np.pi * (done - warmup) / (epochs - warmup))))
+    np.testing.assert_allclose(logged, expected, rtol=1e-5)
+    assert logged[0] < logged[1] == pytest.approx(lr) and np.all(np.diff(logged[warmup - 1:]) < 0)
+    assert logged[-1] == pytest.approx(low)
+
+
+def test_plateau_schedule_warms_up_then_halves(tmp_path):
+    lr = 0.01
+    _tiny_fit(tmp_path, schedule="plateau", learning_rate=lr, min_learning_rate=1e-4, warmup_epochs=2,
+              plateau_patience=1)
+    logged = pd.read_csv(tmp_path / "h.csv")["learning_rate"].to_numpy()
+    # warm-up: lr/2, lr; epoch 3 is the first the plateau watches; each later epoch is worse, so the rate halves
+    # after each (the log shows the rate an epoch ended with, before ReduceLROnPlateau acts)
+    np.testing.assert_allclose(logged, [lr / 2, lr, lr, lr, lr / 2, lr / 4], rtol=1e-6)
+
+
+def test_constant_schedule(tmp_path):
+    _tiny_fit(tmp_path, learning_rate=0.02)
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "h.csv")["learning_rate"], 0.02, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("settings", "kept", "epochs", "stopped"), [
+    ({"min_epochs": 3, "patience": 2, "max_epochs": 10}, 3, 6, True),  # stops after patience, from min_epochs on
+    ({"min_epochs": 2, "patience": 100}, 2, 6, False),  # never stopped early: Keras 3 restores anyway
+    ({"min_epochs": 5, "max_epochs": 3}, 2, 3, False),  # ended before min_epochs: nothing restored, the last
+])
+def test_early_stopping_never_stops_or_keeps_before_min_epochs(tmp_path, settings, kept, epochs, stopped):
+    """Val loss is lowest at epoch 0, yet the kept epoch is >= min_epochs, and the model (and the saved
+    model) hold exactly its weights: they reproduce the val loss logged at that epoch."""
+    from gzmorph.train import load_model
+
+    model, val, result = _tiny_fit(tmp_path, **settings)
+    val_loss = result.history["val_loss"]
+    assert (result.kept_epoch, result.epochs, result.stopped_early) == (kept, epochs, stopped)
+    assert int(val_loss.idxmin()) == 0 != result.kept_epoch
+    assert _val_loss(model, val) == pytest.approx(val_loss.iloc[kept], rel=1e-6)
+    assert _val_loss(load_model(tmp_path / "m.keras"), val) == pytest.approx(val_loss.iloc[kept], rel=1e-6)
+    assert result.val_loss == val_loss.iloc[kept] and result.train_loss == result.history["loss"].iloc[kept]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "h.csv"), result.history, check_dtype=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.csv", "m.keras"]  # no temporary files left
+
+
+def test_kept_epoch_follows_early_stopping():
+    from gzmorph.train import kept_epoch
+
+    val = np.array([5.0, 4.0, 3.0, 6.0, 3.0, 7.0])
+    assert kept_epoch(val, 0) == 2  # the first of the tied lowest
+    assert kept_epoch(val, 3) == 4  # epochs before min_epochs are never kept
+    assert kept_epoch(val[:2], 5) == 1  # stopped before min_epochs: nothing restored, the last epoch
+    assert kept_epoch(np.array([1.0, np.nan, 2.0]), 1) == 2  # non-finite val losses are never kept
+    assert kept_epoch(np.array([1.0, np.inf, np.nan]), 1) == 2  # none finite from min_epochs on: the last
+
+
+def test_fit_settings_of_each_section():
+    from gzmorph.train import FitSettings, fit_settings
+
+    params = config.load(ROOT / "params.yaml")
+    tp, al = params["train"], params["active_learning"]
+    assert fit_settings(params) == FitSettings(
+        learning_rate=tp["learning_rate"], max_epochs=tp["max_epochs"], min_epochs=tp["min_epochs"],
+        patience=tp["patience"], schedule=tp["schedule"], warmup_epochs=tp["warmup_epochs"],
+        min_learning_rate=tp["min_learning_rate"], plateau_patience=tp["plateau_patience"])
+    own = fit_settings(params, "active_learning")  # own epoch counts, train's rates and schedule
+    assert (own.max_epochs, own.min_epochs, own.patience, own.warmup_epochs, own.plateau_patience) == (
+        al["max_epochs"], al["min_epochs"], al["patience"], al["warmup_epochs"], al["plateau_patience"])
+    assert (own.learning_rate, own.schedule, own.min_learning_rate) == (
+        tp["learning_rate"], tp["schedule"], tp["min_learning_rate"])
+    with pytest.raises(config.ConfigError, match="min_learning_rate"):
+        FitSettings(learning_rate=1e-3, max_epochs=5, min_learning_rate=1e-2)
+    with pytest.raises(config.ConfigError, match="schedule"):
+        FitSettings(learning_rate=1e-3, max_epochs=5, schedule="step")

@@ -4,21 +4,23 @@
 
 * the pool is the shards' ``train`` split, the fixed evaluation set their ``test`` split (never
   acquired), and the ``val`` split drives early stopping; every split gets the question's training
-  cut N >= max(min_total_votes, 1) (:func:`gzmorph.train.keep_mask`).  The three splits are read
+  cut N >= max(min_total_votes, 1) (:func:`gzmorph.inputs.keep_mask`).  The three splits are read
   into memory once (uint8 images at shard resolution): the pool is small and re-reading TFRecords
   every iteration would dominate the run time.
 * ``initial`` pool galaxies, drawn at random from (params seed, run seed), start labelled; the draw
   does not depend on the strategy, so BALD and random runs with the same seed are paired.
-* iteration i = 0..``iterations``: train a model on the labelled galaxies (Adam at
-  ``train.learning_rate``, :class:`~gzmorph.losses.BinomialLoss`, EarlyStopping on the val loss with the
-  best weights restored; an epoch is at least ``min_steps_per_epoch`` batches, repeating a small labelled
-  set).  The first model is fresh (seeded from params seed and run seed, so BALD and random share it);
+* iteration i = 0..``iterations``: train a model on the labelled galaxies with the same training loop as
+  ``gzmorph train`` (:func:`gzmorph.train.fit`: Adam with ``train.schedule`` peaking at ``train.learning_rate``,
+  :class:`~gzmorph.losses.BinomialLoss`, EarlyStopping on the val loss with the kept epoch's weights restored)
+  but this section's epoch counts (``max_epochs, min_epochs, patience, warmup_epochs, plateau_patience``) and
+  ``batch_size``; an epoch is at least ``min_steps_per_epoch`` batches, repeating a small labelled set.  The
+  first model is fresh (seeded from params seed and run seed, so BALD and random share it);
   later ones are fresh too (seeded from params seed, run seed and i) unless ``warm_start``, when the
   previous iteration's model is trained further (fresh Adam) on the grown labelled set.  Early
   stopping ignores the first ``min_epochs`` epochs: a fresh model starts on a plateau at the constant
   prediction, and stopping there gave "collapsed" iterations (:func:`_train_model`).  Evaluate it on the
-  test split with
-  T = ``passes`` MC-dropout passes; then, except after the last model, acquire ``per_iteration``
+  test split with T = ``passes`` MC-dropout passes (:func:`mc_rho`, the same passes as ``gzmorph predict``);
+  then, except after the last model, acquire ``per_iteration``
   unlabelled pool galaxies and add them (with their already known votes: the "collected"
   classifications) to the labelled set:
 
@@ -32,8 +34,8 @@ Outputs of ``run``:
 * ``--out`` CSV, one row per iteration (rewritten atomically after every iteration, so an
   interrupted run shows its progress): ``question, strategy, seed, iteration, n_labelled,
   n_acquired`` (new labels beyond the initial set), ``train_loss`` (training loss of the epoch whose
-  weights were kept, i.e. of the best val loss; with dropout and augmentation on), ``val_loss``
-  (that best val loss), ``eval_loss`` (binomial loss eq. 6 per test galaxy of the MC-mean rho, no
+  weights were kept, i.e. of the lowest val loss from ``min_epochs`` on; with dropout and augmentation
+  on), ``val_loss`` (that val loss), ``eval_loss`` (binomial loss eq. 6 per test galaxy of the MC-mean rho, no
   log C(N, k) constant, as in training), ``eval_rmse`` (RMSE of the MC-mean rho against k / N on the
   test galaxies), ``epochs``, ``expected_votes`` (the N used to score; 0 for random), ``seconds``.
 * ``--acquired`` parquet: ``question, strategy, seed, role, iteration, id_str, score, votes,
@@ -78,7 +80,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from gzmorph.train import QuestionSpec
+    from gzmorph.inputs import QuestionSpec
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ class Split:
 
 def load_split(shard_dir: str | Path, split: str, spec: QuestionSpec, threads: int | None = None) -> Split:
     """Read a whole split (after the question's vote cut) into memory."""
-    from gzmorph.train import NoGalaxiesError, effective_cut, vote_dataset
+    from gzmorph.inputs import NoGalaxiesError, effective_cut, vote_dataset
 
     images, counts, ids = [], [], []
     for x, c, i in vote_dataset(shard_dir, split, spec, 256, with_ids=True, threads=threads).as_numpy_iterator():
@@ -130,16 +132,12 @@ def load_split(shard_dir: str | Path, split: str, spec: QuestionSpec, threads: i
 
 
 def mc_rho(model: keras.Model, images: np.ndarray, passes: int, chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    """[G, T] rho from T MC-dropout (+ augmentation) passes, ``chunk`` galaxies at a time."""
-    from gzmorph.predict import rho_functions
+    """[G, T] rho from T MC-dropout (+ augmentation) passes, ``chunk`` galaxies at a time (as ``gzmorph predict``)."""
+    from gzmorph.predict import chunk_passes, rho_functions
 
     mc, _ = rho_functions(model)
-    out = np.empty((len(images), passes), np.float64)
-    for start in range(0, len(images), chunk):
-        x = images[start:start + chunk]
-        for t in range(passes):
-            out[start:start + len(x), t] = mc(x).numpy()
-    return out
+    chunks = [rho for rho, _, _ in chunk_passes(mc, None, images, passes, chunk)]
+    return np.concatenate(chunks).astype(np.float64) if chunks else np.empty((0, passes), np.float64)
 
 
 def bald_scores(rho: np.ndarray, n: int) -> np.ndarray:
@@ -185,31 +183,26 @@ def _write_outputs(rows: list[dict], acquired: list[dict], out: str | Path, acqu
 
 def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, model_seed: int, train: Split,
                  val: Split, init: keras.Model | None = None) -> tuple[keras.Model, float, float, int]:
-    """A model fitted on ``train``; returns (model, train_loss, val_loss at the kept epoch, epochs).
+    """A model fitted on ``train`` by :func:`gzmorph.train.fit`; returns (model, train_loss, val_loss, epochs).
 
-    ``init`` None: a fresh model seeded from ``model_seed``.  Otherwise ``init`` itself is trained further
-    (warm start) with a fresh Adam; ``model_seed`` still seeds the shuffling, dropout and augmentation.
-    A fresh model sits on a plateau near the constant prediction for its first ~100 steps; with ``patience``
-    epochs of ``min_steps_per_epoch`` steps, early stopping could end training there and restore a plateau
-    epoch (a "collapsed" iteration, RMSE ~ the constant predictor's).  So early stopping watches the val loss
-    only from epoch ``min_epochs`` on (earlier epochs can neither stop training nor be restored).  This holds
-    for warm starts too: a model that had barely left the plateau (16 labels) was knocked back onto it by the
-    fresh Adam and, watched from its first epoch, kept there (RMSE 0.318 -> 0.353).
+    The losses are those of the kept epoch, whose weights the model holds.  ``init`` None: a fresh model seeded
+    from ``model_seed``.  Otherwise ``init`` itself is trained further (warm start) with a fresh Adam and
+    schedule; ``model_seed`` still seeds the shuffling, dropout and augmentation.  A fresh model sits on a
+    plateau near the constant prediction for its first ~100 steps; with ``patience`` epochs of
+    ``min_steps_per_epoch`` steps, early stopping could end training there and keep a plateau epoch (a
+    "collapsed" iteration, RMSE ~ the constant predictor's).  So early stopping watches the val loss only from
+    epoch ``min_epochs`` on (earlier epochs can neither stop training nor be kept).  This holds for warm starts
+    too: a model that had barely left the plateau (16 labels) was knocked back onto it by the fresh Adam and,
+    watched from its first epoch, kept there (RMSE 0.318 -> 0.353).
     """
     import keras
     import tensorflow as tf
 
-    from gzmorph.losses import BinomialLoss
-    from gzmorph.train import build_question_model
+    from gzmorph import train as training
 
     al = params["active_learning"]
-    min_epochs = int(al["min_epochs"])
     keras.utils.set_random_seed(model_seed)
-    model = build_question_model({**params, "seed": model_seed}, spec, resolution) if init is None else init
-    model.compile(optimizer=keras.optimizers.Adam(float(params["train"]["learning_rate"])), loss=BinomialLoss())
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(al["patience"]),
-                                               restore_best_weights=True, start_from_epoch=min_epochs),
-                 keras.callbacks.TerminateOnNaN()]
+    model = training.build_question_model({**params, "seed": model_seed}, spec, resolution) if init is None else init
     # Small labelled sets would give epochs of one or two steps, too few for early stopping to judge: repeat the
     # (reshuffled) set so that every epoch has at least min_steps_per_epoch batches.
     batch_size = int(al["batch_size"])
@@ -217,26 +210,13 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     data = (tf.data.Dataset.from_tensor_slices((train.images, train.counts))
             .shuffle(len(train), seed=model_seed, reshuffle_each_iteration=True).repeat().batch(batch_size)
             .prefetch(tf.data.AUTOTUNE))
-    history = model.fit(data, steps_per_epoch=steps, epochs=int(al["max_epochs"]),
-                        validation_data=(val.images, val.counts), validation_batch_size=256, callbacks=callbacks,
-                        shuffle=False, verbose=0)
-    val_loss = np.asarray(history.history["val_loss"], np.float64)
-    if not np.isfinite(val_loss).any():
-        raise RuntimeError(f"training {spec.question}: validation loss was never finite")
-    best = kept_epoch(val_loss, min_epochs)
-    return model, float(history.history["loss"][best]), float(val_loss[best]), len(val_loss)
-
-
-def kept_epoch(val_loss: np.ndarray, min_epochs: int) -> int:
-    """The epoch whose weights EarlyStopping(start_from_epoch=min_epochs, restore_best_weights) keeps.
-
-    The lowest finite val loss from ``min_epochs`` on (the first, on ties); the last epoch when training
-    ended before ``min_epochs`` or no watched epoch was finite (nothing restored).
-    """
-    watched = np.asarray(val_loss, np.float64)[min_epochs:]
-    if not np.isfinite(watched).any():
-        return len(val_loss) - 1
-    return min_epochs + int(np.nanargmin(watched))
+    val_data = tf.data.Dataset.from_tensor_slices((val.images, val.counts)).batch(PREDICT_CHUNK)
+    try:
+        result = training.fit(model, data, val_data, settings=training.fit_settings(params, "active_learning"),
+                              steps_per_epoch=steps)
+    except training.TrainingDiverged as exc:
+        raise training.TrainingDiverged(f"training {spec.question}: {exc}") from None
+    return model, result.train_loss, result.val_loss, result.epochs
 
 
 def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, shard_dir: str | Path,
@@ -246,8 +226,9 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     import pandas as pd
 
     from gzmorph.acquisition import acquire, expected_votes
+    from gzmorph.inputs import effective_cut, question_spec
+    from gzmorph.runtime import configure_threads, describe_device, seed_everything
     from gzmorph.shards import read_manifest
-    from gzmorph.train import configure_threads, describe_device, effective_cut, question_spec, seed_everything
 
     sizes = check_question(params, question, strategy)
     manifest = read_manifest(shard_dir)
@@ -511,8 +492,8 @@ def summarize(params: dict[str, Any], run_paths: list[str | Path], acquired_path
 
 
 def _test_images(params: dict[str, Any], question: str, shard_dir: str | Path, ids: set[str]) -> dict[str, np.ndarray]:
+    from gzmorph.inputs import question_spec
     from gzmorph.shards import read_manifest
-    from gzmorph.train import question_spec
 
     spec = question_spec(params, question, read_manifest(shard_dir)["tree"])
     test = load_split(shard_dir, "test", spec)

@@ -2,17 +2,20 @@
 
 Input: the predictions parquet of ``gzmorph predict`` (per galaxy the observed k of N, the T MC-dropout
 predictions rho_t and the deterministic rho_point), the vote catalog (for the simulated truth
-``truth_rho_<q>_<a>`` where it exists) and, optionally, the shards and model (only to show each example
-galaxy as the network sees it).  Two posteriors over k are compared throughout:
+``truth_rho_<q>_<a>`` and ``truth_<param>`` where it exists) and, optionally, the shards and model (only to
+show each example galaxy as the network sees it).  Three posteriors over k are compared throughout:
 
-- **MC**: the mixture (1/T) sum_t Bin(k | rho_t, N) (eq. 10, :func:`gzmorph.posterior.mixture_pmf`);
-- **single**: one network without MC dropout, Bin(k | rho_point, N) (eq. 3, :func:`~gzmorph.posterior.single_pass_pmf`).
+- **mc**: the mixture (1/T) sum_t Bin(k | rho_t, N) over the T stochastic passes (eq. 10,
+  :func:`gzmorph.posterior.mixture_pmf`);
+- **t1**: T = 1, the paper's "without MC" of Tables 1-2: ONE stochastic pass (dropout and augmentation on),
+  Bin(k | rho_0, N) with the first MC pass alone (eq. 3, :func:`~gzmorph.posterior.single_pass_pmf`);
+- **deterministic**: the network without dropout or random augmentation, Bin(k | rho_point, N).
 
 Calibration (eqs. 11-13), implemented as the paper writes them:
 
 - The model prediction k̂_i (v̂_i = k̂_i / N_i) is the **most likely vote count**, the mode of that
   posterior (§2.7.1, "reducing our posteriors to the most likely vote count k̂"): the MC mixture's mode
-  for MC, the binomial's mode for single.  Ties go to the smallest k (numpy argmax).
+  for mc, the binomial's mode for t1 and deterministic.  Ties go to the smallest k (numpy argmax).
 - The window uses the galaxy's own N_i and **strict** bounds on both sides, k̂_i - N_i ε < j < k̂_i + N_i ε,
   i.e. |j/N_i - v̂_i| < ε.  A bound landing exactly on an integer excludes it (ε = 0.5 with N = 2 is still
   only j = k̂); a 1e-9 tolerance stops float round-off (0.1 * 30 = 3.0000000000000004) from admitting it.
@@ -20,21 +23,35 @@ Calibration (eqs. 11-13), implemented as the paper writes them:
 - Coverage error = (C_expected - C_actual) / C_actual (eq. 13), a fraction (0.165 for the paper's 16.5 %);
   positive means overconfident.  At ε = 0 the window is empty, both counts are 0 and the error is NaN.
 
-Point metrics (§2.7.1): RMSE of the most likely vote fraction k̂/N and of the mean rho against the
-observed k/N, and against the simulated true rho where the catalog has it.  Majority responses: humans
-answer ``<answer>`` when k/N > 0.5 and the model does when mean rho >= 0.5 (the paper's "ρ̂ < 0.5" for the
-other class); the ROC curve thresholds the mean rho over the MC passes (Fig. 9).  The "high-confidence"
+Point metrics (§2.7.1): RMSE of the most likely vote fraction k̂/N and of rho (the MC mean, pass 0, rho_point)
+against the observed k/N, and against the simulated true rho where the catalog has it.  Majority responses:
+humans answer ``<answer>`` when k/N > 0.5 and the model does when mean rho >= 0.5 (the paper's "ρ̂ < 0.5" for
+the other class); the ROC curve thresholds the mean rho over the MC passes (Fig. 9).  The "high-confidence"
 subset (Figs. 9-10; K+18 take the most confident ~7.7 % of spirals and ~9.3 % of ellipticals, the paper ~8 %
 of each bar class) is, within each *predicted* class, the ``HIGH_CONFIDENCE_FRACTION`` of galaxies with the
 largest |mean rho - 0.5| (at least one per non-empty class): it uses only the prediction, never the votes.
 
+Learnability (simulated data only): did the model learn more than the smooth-vs-disk class?  Per group of
+test galaxies (``all``; per truth class ``smooth``, ``disk``; among disks per bin of the visibility of arms,
+bar and disk, :func:`gzmorph.sim.volunteers.visibility`), the RMSE against the true rho of the MC-mean rho
+(``rmse_model``), of pass 0 (``rmse_t1``), of a predictor that knows only the truth class and predicts that
+class's mean true rho over the *reference* galaxies, those of the catalog not in the predictions file that
+pass the same vote cut N >= max(min_total_votes, 1) (what it could learn from the training data;
+``rmse_class_only``), of the reference galaxies' overall mean (``rmse_constant``) and of the observed k/N
+(``rmse_floor``, the vote-noise floor), with ``gain_over_class = 1 - rmse_model / rmse_class_only``.  A
+catalog without truth (real data) gives the ``all`` row alone with n_galaxies 0 and NaN metrics.
+
 Outputs in ``--out-dir``, each written atomically:
 
-- ``calibration.csv``: ``epsilon, expected_mc, actual_mc, coverage_error_mc, expected_single, actual_single,
-  coverage_error_single`` for ε = 0, 0.01, ..., 0.5 (which includes the tables' 0.02, 0.05, 0.10, 0.20);
+- ``calibration.csv``: ``epsilon`` and, for each of mc, t1, deterministic, ``expected_<kind>, actual_<kind>,
+  coverage_error_<kind>`` for ε = 0, 0.01, ..., 0.5 (which includes the tables' 0.02, 0.05, 0.10, 0.20);
+- ``learnability.csv``: ``group, n_galaxies, rmse_model, rmse_t1, rmse_class_only, rmse_constant, rmse_floor,
+  gain_over_class`` (see above);
 - ``metrics.json``: n_galaxies, passes, rmse_vs_vote_fraction, rmse_vs_true_rho (null without truth),
-  coverage_error.{mc,single}.eps_0p02 ... eps_0p20 (ε keys without dots: DVC flattens keys with dots),
-  confusion.{all,high_confidence} counts and accuracy, roc_auc; NaN is written as null;
+  coverage_error.{mc,t1,deterministic}.eps_0p02 ... eps_0p20 (ε keys without dots: DVC flattens keys with
+  dots), confusion.{all,high_confidence} counts and accuracy, roc_auc, learnability (null without truth:
+  vote_cut, reference_galaxies, the rows all/smooth/disk and visibility.<feature>_<lo>_<hi> such as
+  ``arms_0p3_0p5``); NaN is written as null;
 - ``confusion.csv``: DVC's long format, one row per galaxy, columns ``actual,predicted`` with values
   ``<answer>``/``not <answer>`` (a yes/no answer is named by its question: ``bar``/``not bar``);
 - figures: calibration.png (Fig. 7), confusion.png (Fig. 10), roc.png (Fig. 9), distributions.png (Fig. 8)
@@ -65,12 +82,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TABLE_EPSILONS = (0.02, 0.05, 0.10, 0.20)  # the rows of the paper's Tables 1-2
-CALIBRATION_COLUMNS = ("epsilon", "expected_mc", "actual_mc", "coverage_error_mc",
-                       "expected_single", "actual_single", "coverage_error_single")
+KINDS = ("mc", "t1", "deterministic")  # the three posteriors (module docstring)
+KIND_NAMES = {"mc": "MC dropout", "t1": "T = 1 (paper's 'without MC')", "deterministic": "deterministic"}
+CALIBRATION_COLUMNS = ("epsilon", *(f"{what}_{kind}" for kind in KINDS
+                                    for what in ("expected", "actual", "coverage_error")))
+LEARNABILITY_COLUMNS = ("group", "n_galaxies", "rmse_model", "rmse_t1", "rmse_class_only", "rmse_constant",
+                        "rmse_floor", "gain_over_class")
+VISIBILITY_FEATURES = ("arms", "bar", "disk")  # fields of gzmorph.sim.volunteers.Visibility
+VISIBILITY_EDGES = (0.0, 0.1, 0.3, 0.5, 1.0)  # bins [0, 0.1), [0.1, 0.3), [0.3, 0.5), [0.5, 1]
+CLASS_ORDER = ("smooth", "disk")  # truth_morphology classes first in the table; any others follow, sorted
 HIGH_CONFIDENCE_FRACTION = 0.08
 N_POSTERIOR_EXAMPLES = 6
 _WINDOW_TOL = 1e-9
-_MC_COLOUR, _SINGLE_COLOUR, _OBS_COLOUR = "tab:green", "black", "tab:red"
+_COLOURS = {"mc": "tab:green", "t1": "tab:orange", "deterministic": "black"}
+_OBS_COLOUR = "tab:red"
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -141,20 +166,34 @@ class Posteriors:
     n: np.ndarray  # volunteers asked
     rho: np.ndarray  # [G, T] MC-dropout predictions
     rho_point: np.ndarray  # deterministic prediction
-    pmf_mc: np.ndarray  # [G, max N + 1] eq. 10
-    pmf_single: np.ndarray  # [G, max N + 1] eq. 3
+    pmf_mc: np.ndarray  # [G, max N + 1] eq. 10 over the T passes
+    pmf_t1: np.ndarray  # [G, max N + 1] eq. 3 with pass 0 alone (T = 1)
+    pmf_deterministic: np.ndarray  # [G, max N + 1] eq. 3 with rho_point
 
     @property
     def rho_mean(self) -> np.ndarray:
         return self.rho.mean(axis=1)
 
     @property
-    def k_hat_mc(self) -> np.ndarray:
-        return np.argmax(self.pmf_mc, axis=1)
+    def rho_t1(self) -> np.ndarray:
+        """The first stochastic pass: the paper's T = 1 prediction."""
+        return self.rho[:, 0]
+
+    def pmf(self, kind: str) -> np.ndarray:
+        """The posterior over k of ``kind`` (one of :data:`KINDS`)."""
+        return getattr(self, f"pmf_{kind}")
+
+    def rho_of(self, kind: str) -> np.ndarray:
+        """The point rho of ``kind``: the MC mean, pass 0 or rho_point."""
+        return {"mc": self.rho_mean, "t1": self.rho_t1, "deterministic": self.rho_point}[kind]
+
+    def k_hat(self, kind: str) -> np.ndarray:
+        """Most likely k (the mode of that posterior)."""
+        return np.argmax(self.pmf(kind), axis=1)
 
     @property
-    def k_hat_single(self) -> np.ndarray:
-        return np.argmax(self.pmf_single, axis=1)
+    def k_hat_mc(self) -> np.ndarray:
+        return self.k_hat("mc")
 
     @property
     def vote_fraction(self) -> np.ndarray:
@@ -164,20 +203,22 @@ class Posteriors:
 def posteriors(k: np.ndarray, n: np.ndarray, rho: np.ndarray, rho_point: np.ndarray) -> Posteriors:
     k, n = np.asarray(k, np.int64), np.asarray(n, np.int64)
     rho, rho_point = np.asarray(rho, np.float64), np.asarray(rho_point, np.float64)
+    if rho.ndim != 2 or rho.shape[1] < 1:
+        raise ValueError(f"rho must be [G, T] with T >= 1; got {rho.shape}")
     n_max = int(n.max(initial=0))
-    return Posteriors(k, n, rho, rho_point, mixture_pmf(rho, n, n_max), single_pass_pmf(rho_point, n, n_max))
+    return Posteriors(k, n, rho, rho_point, mixture_pmf(rho, n, n_max), single_pass_pmf(rho[:, 0], n, n_max),
+                      single_pass_pmf(rho_point, n, n_max))
 
 
 def calibration_table(post: Posteriors, epsilons: Sequence[float] | np.ndarray | None = None) -> pd.DataFrame:
-    """calibration.csv: one row per ε with expected/actual counts and coverage error, MC and single."""
+    """calibration.csv: one row per ε with expected/actual counts and coverage error of each posterior kind."""
     eps = epsilon_grid() if epsilons is None else np.asarray(epsilons, float)
-    mc = coverage_counts(post.pmf_mc, post.k, post.n, eps)
-    single = coverage_counts(post.pmf_single, post.k, post.n, eps)
-    return pd.DataFrame({
-        "epsilon": eps, "expected_mc": mc.expected, "actual_mc": mc.actual, "coverage_error_mc": mc.coverage_error,
-        "expected_single": single.expected, "actual_single": single.actual,
-        "coverage_error_single": single.coverage_error,
-    }, columns=list(CALIBRATION_COLUMNS))
+    columns: dict[str, np.ndarray] = {"epsilon": eps}
+    for kind in KINDS:
+        cov = coverage_counts(post.pmf(kind), post.k, post.n, eps)
+        columns.update({f"expected_{kind}": cov.expected, f"actual_{kind}": cov.actual,
+                        f"coverage_error_{kind}": cov.coverage_error})
+    return pd.DataFrame(columns, columns=list(CALIBRATION_COLUMNS))
 
 
 # ---------------------------------------------------------------------------------------------- point metrics
@@ -318,6 +359,11 @@ def epsilon_key(eps: float) -> str:
     return f"eps_{eps:.2f}".replace(".", "p")
 
 
+def _rho_key(kind: str) -> str:
+    """rmse key of a kind's point rho: mc_mean_rho, t1_rho, deterministic_rho."""
+    return "mc_mean_rho" if kind == "mc" else f"{kind}_rho"
+
+
 def point_metrics(post: Posteriors, table: pd.DataFrame, truth: np.ndarray | None,
                   high_confidence: np.ndarray) -> dict[str, Any]:
     v = post.vote_fraction
@@ -326,27 +372,25 @@ def point_metrics(post: Posteriors, table: pd.DataFrame, truth: np.ndarray | Non
         "n_galaxies": len(post.k),
         "passes": int(post.rho.shape[1]),
         "rmse_vs_vote_fraction": {
-            "mc_most_likely": rmse(post.k_hat_mc / n, v), "mc_mean_rho": rmse(post.rho_mean, v),
-            "single_most_likely": rmse(post.k_hat_single / n, v), "single_rho": rmse(post.rho_point, v),
+            key: value for kind in KINDS for key, value in (
+                (f"{kind}_most_likely", rmse(post.k_hat(kind) / n, v)), (_rho_key(kind), rmse(post.rho_of(kind), v)))
         },
     }
     if truth is not None:
         ok = np.isfinite(truth)
         t = truth[ok]
-        metrics["rmse_vs_true_rho"] = {
-            "n_galaxies": int(ok.sum()),
-            "mc_mean_rho": rmse(post.rho_mean[ok], t), "single_rho": rmse(post.rho_point[ok], t),
-            "mc_most_likely": rmse(post.k_hat_mc[ok] / n[ok], t),
-            "single_most_likely": rmse(post.k_hat_single[ok] / n[ok], t),
-            "observed_vote_fraction": rmse(v[ok], t),  # the binomial noise floor of k/N itself
-        }
+        metrics["rmse_vs_true_rho"] = {"n_galaxies": int(ok.sum())}
+        for kind in KINDS:
+            metrics["rmse_vs_true_rho"][f"{kind}_most_likely"] = rmse(post.k_hat(kind)[ok] / n[ok], t)
+            metrics["rmse_vs_true_rho"][_rho_key(kind)] = rmse(post.rho_of(kind)[ok], t)
+        metrics["rmse_vs_true_rho"]["observed_vote_fraction"] = rmse(v[ok], t)  # the binomial noise floor of k/N
     else:
         metrics["rmse_vs_true_rho"] = None
     rows = table.set_index(np.round(table["epsilon"].to_numpy(), 10))
     metrics["coverage_error"] = {
         kind: {epsilon_key(e): rows.loc[round(e, 10), f"coverage_error_{kind}"] for e in TABLE_EPSILONS
                if round(e, 10) in rows.index}
-        for kind in ("mc", "single")
+        for kind in KINDS
     }
     actual, predicted = human_majority(post.k, post.n), model_majority(post.rho_mean)
     hc = high_confidence
@@ -354,9 +398,212 @@ def point_metrics(post: Posteriors, table: pd.DataFrame, truth: np.ndarray | Non
                             "high_confidence": confusion(actual[hc], predicted[hc]).as_dict()}
     metrics["roc_auc"] = {"all": auc(roc_curve(post.rho_mean, actual)),
                           "high_confidence": auc(roc_curve(post.rho_mean[hc], actual[hc])),
-                          "single_all": auc(roc_curve(post.rho_point, actual))}
+                          "t1_all": auc(roc_curve(post.rho_t1, actual)),
+                          "deterministic_all": auc(roc_curve(post.rho_point, actual))}
     metrics["high_confidence_fraction"] = HIGH_CONFIDENCE_FRACTION
     return _plain(metrics)
+
+
+# ---------------------------------------------------------------------------------------------- learnability
+
+def bin_labels(edges: Sequence[float] = VISIBILITY_EDGES) -> list[str]:
+    """"0-0.1", "0.1-0.3", ...: one label per bin [edges[i], edges[i+1]) (the last bin closed)."""
+    return [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def bin_index(values: np.ndarray, edges: Sequence[float] = VISIBILITY_EDGES) -> np.ndarray:
+    """Bin of each value, [edges[i], edges[i+1]) with the last bin closed; values outside are clipped into the
+    end bins; -1 for NaN."""
+    values, edges = np.asarray(values, float), np.asarray(edges, float)
+    finite = np.isfinite(values)
+    idx = np.searchsorted(edges, np.clip(np.where(finite, values, edges[0]), edges[0], edges[-1]), side="right") - 1
+    return np.where(finite, np.minimum(idx, len(edges) - 2), -1)
+
+
+def group_key(label: str) -> str:
+    """metrics.json key of a learnability row, without dots: "arms 0.3-0.5" -> "arms_0p3_0p5"."""
+    return label.replace(".", "p").replace("-", "_").replace(" ", "_")
+
+
+def learnability_groups(n_galaxies: int, truth_class: np.ndarray | None = None,
+                        visibility: Mapping[str, np.ndarray] | None = None,
+                        edges: Sequence[float] = VISIBILITY_EDGES) -> dict[str, np.ndarray]:
+    """Row label -> boolean mask over the test galaxies, in table order.
+
+    ``all``; with ``truth_class`` one row per class (:data:`CLASS_ORDER` first); with ``visibility`` too
+    ({feature: [G] visibility}), for each feature the disks in each bin, labelled ``"<feature> <lo>-<hi>"``.
+    """
+    groups = {"all": np.ones(n_galaxies, bool)}
+    if truth_class is None:
+        return groups
+    truth_class = np.asarray(truth_class, object)
+    present = {c for c in truth_class if isinstance(c, str)}
+    for cls in [*CLASS_ORDER, *sorted(present - set(CLASS_ORDER))]:  # smooth and disk even when empty
+        groups[cls] = truth_class == cls
+    if visibility is not None:
+        disk = truth_class == "disk"
+        for feature, values in visibility.items():
+            idx = bin_index(values, edges)
+            for b, label in enumerate(bin_labels(edges)):
+                groups[f"{feature} {label}"] = disk & (idx == b)
+    return groups
+
+
+def group_rmse(predicted: np.ndarray, truth: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """RMSE of ``predicted`` against ``truth`` within each group; masks [R, G] -> [R], NaN for an empty group.
+
+    A NaN prediction makes its groups' RMSE NaN; it does not leak into groups without that galaxy.
+    """
+    sq = (np.asarray(predicted, float) - np.asarray(truth, float)) ** 2
+    masks = np.asarray(masks, bool)
+    count = masks.sum(axis=1)
+    total = np.where(masks, sq[None, :], 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.sqrt(total / np.maximum(count, 1)), np.nan)
+
+
+def class_mean_prediction(reference_class: np.ndarray, reference_rho: np.ndarray,
+                          test_class: np.ndarray) -> np.ndarray:
+    """The class-only predictor: per test galaxy the mean true rho of the reference galaxies of its class.
+
+    NaN for a class (or a missing class) without reference galaxies.
+    """
+    means = pd.Series(np.asarray(reference_rho, float)).groupby(np.asarray(reference_class, object)).mean()
+    return means.reindex(pd.Index(np.asarray(test_class, object))).to_numpy(float)
+
+
+def learnability_table(truth: np.ndarray, predictions: Mapping[str, np.ndarray],
+                       groups: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """learnability.csv: one row per group of galaxies with a finite truth.
+
+    predictions: {"model", "t1", "class_only", "constant", "floor"} -> [G] values compared with truth [G].
+    """
+    truth = np.asarray(truth, float)
+    masks = np.array([np.asarray(m, bool) for m in groups.values()]).reshape(len(groups), len(truth))
+    masks &= np.isfinite(truth)[None, :]
+    table = pd.DataFrame({"group": list(groups), "n_galaxies": masks.sum(axis=1)})
+    for name in ("model", "t1", "class_only", "constant", "floor"):
+        table[f"rmse_{name}"] = group_rmse(predictions[name], truth, masks)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table["gain_over_class"] = 1 - table["rmse_model"] / table["rmse_class_only"].where(
+            table["rmse_class_only"] > 0)
+    return table[list(LEARNABILITY_COLUMNS)]
+
+
+def truth_frame(catalog_df: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    """The catalog's truth columns without the ``truth_`` prefix (the sky table's columns) and ``survey``,
+    one row per id in ``ids`` order (NaN rows for ids not in the catalog)."""
+    from gzmorph.catalog import TRUTH_PREFIX
+
+    cols = [c for c in catalog_df.columns if c.startswith(TRUTH_PREFIX)]
+    frame = catalog_df[cols].rename(columns=lambda c: c[len(TRUTH_PREFIX):])
+    if "survey" in catalog_df.columns:
+        frame["survey"] = catalog_df["survey"]
+    frame.index = catalog_df["id_str"].astype(str)
+    return frame.reindex(ids.astype(str).to_numpy())
+
+
+def feature_visibility(params: Mapping[str, Any], frame: pd.DataFrame,
+                       features: Sequence[str] = VISIBILITY_FEATURES) -> dict[str, np.ndarray] | None:
+    """{feature: [G] visibility} from :func:`gzmorph.sim.volunteers.visibility` of each galaxy's survey.
+
+    None (with a warning) when the truth or the survey's settings ``simulate.surveys.<survey>`` are missing.
+    """
+    from gzmorph.sim.volunteers import visibility
+
+    if "survey" not in frame.columns:
+        log.warning("learnability: catalog has no survey column; no visibility bins")
+        return None
+    surveys = params.get("simulate", {}).get("surveys", {})
+    out = {f: np.full(len(frame), np.nan) for f in features}
+    survey = frame["survey"].to_numpy(object)
+    for name in pd.unique(frame["survey"].dropna()):
+        rows = survey == name
+        if name not in surveys:
+            log.warning("learnability: no simulate.surveys.%s in the settings; no visibility bins", name)
+            return None
+        g = {c: frame[c].to_numpy()[rows] for c in frame.columns if c != "survey"}
+        try:
+            vis = visibility(g, surveys[name])
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("learnability: cannot compute feature visibility from the catalog's truth (%s: %s); "
+                        "no visibility bins", type(exc).__name__, exc)
+            return None
+        for f in features:
+            out[f][rows] = np.asarray(getattr(vis, f), float)
+    return out
+
+
+@dataclass(frozen=True)
+class Learnability:
+    table: pd.DataFrame  # learnability.csv
+    has_truth: bool
+    vote_cut: int  # N >= vote_cut for the reference galaxies (as for the test galaxies)
+    reference_galaxies: int  # catalog galaxies not predicted that pass the cut, with a true rho
+
+
+def learnability(params: Mapping[str, Any], question: str, predictions: pd.DataFrame, post: Posteriors,
+                 catalog_df: pd.DataFrame | None, truth: np.ndarray | None) -> Learnability:
+    """The learnability table of the module docstring for the predicted galaxies (rows of ``predictions``)."""
+    cut_setting = predictions.attrs.get("min_total_votes")  # the cut predict applied, else the setting
+    if cut_setting is None:
+        cut_setting = params["train"]["questions"][question]["min_total_votes"]
+    from gzmorph.inputs import effective_cut
+
+    cut = effective_cut(int(cut_setting))
+    g = len(post.k)
+    if truth is None or catalog_df is None:
+        nan = np.full(g, np.nan)
+        table = learnability_table(nan, dict.fromkeys(("model", "t1", "class_only", "constant", "floor"), nan),
+                                   learnability_groups(g))
+        return Learnability(table, False, cut, 0)
+    from gzmorph.catalog import rho_column
+
+    answer = predictions.attrs.get("answer") or str(params["train"]["questions"][question]["answer"])
+    total_column = predictions.attrs.get("total_column") or f"{question}_total-votes"
+    ids = predictions["id_str"].astype(str)
+    cat_ids = catalog_df["id_str"].astype(str)
+    ref_rho = catalog_df[rho_column(question, answer)].to_numpy(float)
+    reference = ~cat_ids.isin(set(ids)).to_numpy() & np.isfinite(ref_rho)
+    if total_column in catalog_df.columns:
+        reference &= catalog_df[total_column].to_numpy() >= cut
+    else:
+        log.warning("learnability: catalog has no %s column; reference galaxies not cut on N", total_column)
+    if not reference.any():
+        log.warning("learnability: no catalog galaxies outside the predictions pass N >= %d; "
+                    "class-only and constant predictors are NaN", cut)
+    frame = truth_frame(catalog_df, ids)
+    truth_class = frame["morphology"].to_numpy(object) if "morphology" in frame.columns else None
+    if truth_class is not None:
+        ref_class = catalog_df["truth_morphology"].to_numpy(object)[reference]
+        class_only = class_mean_prediction(ref_class, ref_rho[reference], truth_class)
+    else:
+        log.warning("learnability: catalog has no truth_morphology; no per-class rows")
+        class_only = np.full(g, np.nan)
+    vis = feature_visibility(params, frame) if truth_class is not None else None
+    constant = np.full(g, ref_rho[reference].mean() if reference.any() else np.nan)
+    preds = {"model": post.rho_mean, "t1": post.rho_t1, "class_only": class_only, "constant": constant,
+             "floor": post.vote_fraction}
+    table = learnability_table(truth, preds, learnability_groups(g, truth_class, vis))
+    return Learnability(table, True, cut, int(reference.sum()))
+
+
+def learnability_metrics(result: Learnability) -> dict[str, Any] | None:
+    """metrics.json's learnability section (None without truth): headline rows all/smooth/disk in full,
+    the visibility bins as visibility.<group_key> with n_galaxies, rmse_model, rmse_class_only and gain."""
+    if not result.has_truth:
+        return None
+    full = [c for c in LEARNABILITY_COLUMNS if c != "group"]
+    short = ["n_galaxies", "rmse_model", "rmse_class_only", "gain_over_class"]
+    section: dict[str, Any] = {"vote_cut": result.vote_cut, "reference_galaxies": result.reference_galaxies}
+    visibility: dict[str, Any] = {}
+    for row in result.table.to_dict("records"):
+        row["n_galaxies"] = int(row["n_galaxies"])
+        binned = " " in row["group"]  # "arms 0.3-0.5"; the class rows and "all" are one word
+        (visibility if binned else section)[group_key(row["group"])] = {c: row[c] for c in (short if binned
+                                                                                             else full)}
+    section["visibility"] = visibility
+    return _plain(section)
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -371,14 +618,15 @@ def _plt():
 
 
 def calibration_figure(table: pd.DataFrame, title: str) -> Figure:
-    """Fig. 7: expected and actual counts against ε for MC and single; coverage error beside it."""
+    """Fig. 7: expected and actual counts against ε for MC, T = 1 and deterministic; coverage error beside it."""
     plt = _plt()
     fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     e = table["epsilon"]
-    for kind, colour, name in (("mc", _MC_COLOUR, "MC dropout"), ("single", _SINGLE_COLOUR, "single network")):
-        ax.plot(e, table[f"expected_{kind}"], color=colour, lw=2, label=f"{name}: expected")
-        ax.plot(e, table[f"actual_{kind}"], color=colour, lw=2, ls="--", label=f"{name}: actual")
-        ax_err.plot(e, 100 * table[f"coverage_error_{kind}"], color=colour, lw=2, label=name)
+    for kind in KINDS:
+        colour, name, lw = _COLOURS[kind], KIND_NAMES[kind], 2.2 if kind == "mc" else 1.4
+        ax.plot(e, table[f"expected_{kind}"], color=colour, lw=lw, label=f"{name}: expected")
+        ax.plot(e, table[f"actual_{kind}"], color=colour, lw=lw, ls="--", label=f"{name}: actual")
+        ax_err.plot(e, 100 * table[f"coverage_error_{kind}"], color=colour, lw=lw, label=name)
     ax.set_xlabel("maximum vote-fraction error ε")
     ax.set_ylabel("galaxies with |k/N − k̂/N| < ε (count)")
     ax.set_title("expected vs actual counts")
@@ -442,16 +690,20 @@ def distributions_figure(post: Posteriors, answer: str, title: str) -> Figure:
     fig, (ax_rho, ax_k) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     bins = np.linspace(0, 1, 21)
     ax_rho.hist(post.vote_fraction, bins=bins, color="lightgrey", edgecolor="grey", label="observed k/N")
-    ax_rho.hist(post.rho_mean, bins=bins, histtype="step", lw=2, color=_MC_COLOUR, label="predicted ρ̂ (MC mean)")
-    ax_rho.hist(post.rho_point, bins=bins, histtype="step", lw=1.5, ls="--", color=_SINGLE_COLOUR,
-                label="predicted ρ̂ (single network)")
+    ax_rho.hist(post.rho_mean, bins=bins, histtype="step", lw=2, color=_COLOURS["mc"], label="predicted ρ̂ (MC mean)")
+    ax_rho.hist(post.rho_t1, bins=bins, histtype="step", lw=1.5, ls=":", color=_COLOURS["t1"],
+                label="predicted ρ̂ (T = 1: pass 0)")
+    ax_rho.hist(post.rho_point, bins=bins, histtype="step", lw=1.5, ls="--", color=_COLOURS["deterministic"],
+                label="predicted ρ̂ (deterministic)")
     ax_rho.set(xlabel=f"vote fraction ρ answering {answer}", ylabel="galaxies per bin (count)",
                title="typical vote fraction ρ")
     kbins = np.arange(-0.5, int(post.n.max(initial=0)) + 1.5, 1.0)
     ax_k.hist(post.k, bins=kbins, color="lightgrey", edgecolor="grey", label="observed k")
-    ax_k.hist(post.k_hat_mc, bins=kbins, histtype="step", lw=2, color=_MC_COLOUR, label="most likely k̂ (MC)")
-    ax_k.hist(post.k_hat_single, bins=kbins, histtype="step", lw=1.5, ls="--", color=_SINGLE_COLOUR,
-              label="most likely k̂ (single network)")
+    ax_k.hist(post.k_hat_mc, bins=kbins, histtype="step", lw=2, color=_COLOURS["mc"], label="most likely k̂ (MC)")
+    ax_k.hist(post.k_hat("t1"), bins=kbins, histtype="step", lw=1.5, ls=":", color=_COLOURS["t1"],
+              label="most likely k̂ (T = 1)")
+    ax_k.hist(post.k_hat("deterministic"), bins=kbins, histtype="step", lw=1.5, ls="--",
+              color=_COLOURS["deterministic"], label="most likely k̂ (deterministic)")
     ax_k.set(xlabel=f"k volunteers answering {answer}", ylabel="galaxies per k (count)", title="vote count k")
     for a in (ax_rho, ax_k):
         a.legend(fontsize=8)
@@ -468,7 +720,8 @@ def example_rows(n_galaxies: int, seed: int, count: int = N_POSTERIOR_EXAMPLES) 
 
 def posteriors_figure(post: Posteriors, rows: np.ndarray, answer: str, ids: Sequence[str],
                       images: Mapping[str, np.ndarray] | None = None) -> Figure:
-    """Figs. 4-5: per galaxy the image as the network saw it, the single-network and the MC posterior over k."""
+    """Figs. 4-5: per galaxy the image as the network saw it, the T = 1 (with the deterministic) and the MC
+    posterior over k."""
     from scipy.stats import binom
 
     plt = _plt()
@@ -493,13 +746,16 @@ def posteriors_figure(post: Posteriors, rows: np.ndarray, answer: str, ids: Sequ
             ax.set_ylabel(str(ids[i]), fontsize=7)
             col = 1
         ax_s, ax_m = axes[r, col], axes[r, col + 1]
-        ax_s.bar(kk, post.pmf_single[i, : n + 1], width=0.9, color=_SINGLE_COLOUR, alpha=0.7,
-                 label=f"single network, ρ̂ = {post.rho_point[i]:.2f}")
+        ax_s.bar(kk, post.pmf_t1[i, : n + 1], width=0.9, color=_COLOURS["t1"], alpha=0.7,
+                 label=f"T = 1 (pass 0), ρ̂ = {post.rho_t1[i]:.2f}")
+        ax_s.plot(kk, post.pmf_deterministic[i, : n + 1], color=_COLOURS["deterministic"], lw=1, marker=".",
+                  ms=3, label=f"deterministic, ρ̂ = {post.rho_point[i]:.2f}")
         for rho_t in post.rho[i]:
             ax_m.plot(kk, binom.pmf(kk, n, rho_t), color="grey", lw=0.5, alpha=0.5)
-        ax_m.plot(kk, post.pmf_mc[i, : n + 1], color=_MC_COLOUR, lw=2.2,
+        ax_m.plot(kk, post.pmf_mc[i, : n + 1], color=_COLOURS["mc"], lw=2.2,
                   label=f"MC mixture of {post.rho.shape[1]}, mean ρ̂ = {post.rho_mean[i]:.2f}")
-        top = max(post.pmf_single[i].max(), post.pmf_mc[i].max(), binom.pmf(kk, n, post.rho[i][:, None]).max()) * 1.1
+        top = max(post.pmf_t1[i].max(), post.pmf_deterministic[i].max(), post.pmf_mc[i].max(),
+                  binom.pmf(kk, n, post.rho[i][:, None]).max()) * 1.1
         for ax in (ax_s, ax_m):
             ax.axvline(k, color=_OBS_COLOUR, lw=1.8, label=f"observed k = {k} of N = {n}")
             ax.set_xlim(-0.5, n + 0.5)
@@ -508,7 +764,8 @@ def posteriors_figure(post: Posteriors, rows: np.ndarray, answer: str, ids: Sequ
             ax.legend(fontsize=6.5, loc="best")
             ax.set_xlabel(f"k volunteers answering {answer} out of N = {n}", fontsize=8)
     titles = (["image as the network sees it"] if with_images else []) + [
-        "posterior, single network (no MC dropout)", "posterior, MC dropout (grey: each pass)"]
+        "posterior, T = 1: one stochastic pass\n(paper's 'without MC'; black dots: deterministic)",
+        "posterior, MC dropout\n(grey: each pass)"]
     for c, t in enumerate(titles):
         axes[0, c].set_title(t, fontsize=9)
     return fig
@@ -519,8 +776,10 @@ def posteriors_figure(post: Posteriors, rows: np.ndarray, answer: str, ids: Sequ
 def network_images(params: dict[str, Any], question: str, shard_dir: str | Path, model_path: str | Path,
                    ids: Sequence[str], threads: int | None = None) -> dict[str, np.ndarray]:
     """{id_str: float [S, S, 1] in [0, 1]}: the test galaxies ``ids`` through the model's deterministic preprocess."""
+    from gzmorph.inputs import question_spec, vote_dataset
+    from gzmorph.runtime import configure_threads
     from gzmorph.shards import read_manifest
-    from gzmorph.train import configure_threads, load_model, question_spec, vote_dataset
+    from gzmorph.train import load_model
 
     configure_threads(threads)
     manifest = read_manifest(shard_dir)
@@ -587,11 +846,14 @@ def evaluate(params: dict[str, Any], question: str, predictions: str | Path, out
     table = calibration_table(post)
     hc = high_confidence_mask(post.rho_mean)
     metrics = {"question": question, "answer": answer, **point_metrics(post, table, truth, hc)}
+    learn = learnability(params, question, df, post, catalog_df, truth)
+    metrics["learnability"] = learnability_metrics(learn)
     labels = class_labels(question, answer)
     actual, predicted = human_majority(post.k, post.n), model_majority(post.rho_mean)
     title = f"{question}: {answer_phrase(question, answer)}, {len(df)} test galaxies"
 
     io.write_text(calibration or out / "calibration.csv", table.to_csv(index=False, float_format="%.6g"))
+    io.write_text(out / "learnability.csv", learn.table.to_csv(index=False, float_format="%.6g"))
     io.write_json(out / "metrics.json", metrics)
     io.write_text(out / "confusion.csv", confusion_frame(actual, predicted, labels).to_csv(index=False))
     io.save_figure(calibration_figure(table, f"calibration, {title}"), out / "calibration.png", dpi=120)
@@ -608,11 +870,31 @@ def evaluate(params: dict[str, Any], question: str, predictions: str | Path, out
     ids = df["id_str"].astype(str).to_numpy()
     images = network_images(params, question, shards, model, ids[rows], threads) if shards is not None else None
     io.save_figure(posteriors_figure(post, rows, phrase, ids, images), out / "posteriors.png", dpi=110)
-    mc, single = metrics["coverage_error"]["mc"], metrics["coverage_error"]["single"]
-    log.info("%s: %d galaxies, RMSE(k̂/N) MC %.3f single %.3f; coverage error at eps 0.02/0.05/0.10/0.20 "
-             "MC %s single %s -> %s", question, len(df), metrics["rmse_vs_vote_fraction"]["mc_most_likely"],
-             metrics["rmse_vs_vote_fraction"]["single_most_likely"], _fmt(mc), _fmt(single), out)
+    rmse_v, cov = metrics["rmse_vs_vote_fraction"], metrics["coverage_error"]
+    log.info("%s: %d galaxies, RMSE(k̂/N) MC %s T=1 %s deterministic %s; coverage error at eps "
+             "0.02/0.05/0.10/0.20 MC %s T=1 %s deterministic %s -> %s", question, len(df),
+             *(_num(rmse_v[f"{kind}_most_likely"]) for kind in KINDS), *(_fmt(cov[kind]) for kind in KINDS), out)
+    log.info("%s", learnability_summary(question, learn))
     return metrics
+
+
+def learnability_summary(question: str, result: Learnability) -> str:
+    """One log line: model vs class-only RMSE against the true rho, for all galaxies and for disks."""
+    if not result.has_truth:
+        return f"{question} learnability: no simulated truth in the catalog (learnability.csv: NaN)"
+    rows = result.table.set_index("group")
+    parts = []
+    for group in ("all", "disk"):
+        if group in rows.index:
+            r = rows.loc[group]
+            gain = "nan" if not math.isfinite(r["gain_over_class"]) else f"{100 * r['gain_over_class']:+.0f}%"
+            parts.append(f"{group} ({int(r['n_galaxies'])}) model {_num(r['rmse_model'])} vs class-only "
+                         f"{_num(r['rmse_class_only'])} (gain {gain})")
+    return f"{question} learnability, RMSE vs true rho: " + "; ".join(parts)
+
+
+def _num(value: float | None) -> str:
+    return "nan" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
 def _fmt(values: Mapping[str, float | None]) -> str:
@@ -634,7 +916,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     config.add_params_argument(p)
     p.add_argument("--question", required=True, help="question under train.questions (e.g. bar)")
     p.add_argument("--predictions", required=True, help="predictions parquet from `gzmorph predict`")
-    p.add_argument("--catalog", default=None, help="vote catalog; its truth_rho_* column gives rmse_vs_true_rho")
+    p.add_argument("--catalog", default=None,
+                   help="vote catalog; its truth_* columns give rmse_vs_true_rho and the learnability table")
     p.add_argument("--shards", default=None, help="shard directory (with --model: images in posteriors.png)")
     p.add_argument("--model", default=None, help="trained model (.keras) whose preprocess shows the images")
     p.add_argument("--out-dir", required=True, help="output directory for the CSVs, metrics.json and figures")

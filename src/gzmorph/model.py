@@ -34,8 +34,21 @@ CropMode = Literal["random", "central"]
 
 
 def _sub_seed(seed: int | None, offset: int) -> int | None:
-    # Distinct seeds per random layer: equal seeds would make e.g. both flips identical.
-    return None if seed is None else seed + 1000 * offset
+    """The seed of random layer ``offset`` of a model seeded ``seed``: a 31-bit int (fits every backend's int32).
+
+    Layers need distinct seeds (equal seeds would make e.g. both flips identical), and so do the layers of
+    models whose seeds are close: ``seed + 1000 * offset`` gave repeat 0's conv2_1 the seed of repeat 1's
+    conv1_2 when active-learning repeats differ by 1000.  Hashing the pair through numpy's SeedSequence makes
+    distinct (seed, offset) pairs give unrelated seeds (collisions only by chance, ~n^2 / 2^32 among n seeds).
+    """
+    if seed is None:
+        return None
+    from numpy.random import SeedSequence
+
+    seed, offset = int(seed), int(offset)
+    # SeedSequence takes non-negative entropy: fold the sign in bijectively (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...).
+    words = [2 * v if v >= 0 else -2 * v - 1 for v in (seed, offset)]
+    return int(SeedSequence(words).generate_state(1, "uint32")[0] >> 1)
 
 
 def resampling_weights(starts, crop_sizes, in_size: int, out_size: int, antialias: bool = True):

@@ -4,11 +4,13 @@ For every test galaxy the trained model makes T = ``predict.passes`` forward pas
 ``training=True``: each pass draws fresh dropout masks (MC dropout, eqs. 7-10) AND a fresh
 augmentation of the image (test-time augmentation, §2.5.3), so the T values of rho sample
 both the approximate posterior over weights and the invariances the network should have.
-One more pass with ``training=False`` (no dropout, central crop at the mean zoom, no random
-augmentation) gives ``rho_point``, the "without MC dropout" baseline of §2.7.
+Any one of them alone (``gzmorph evaluate`` takes the first, ``rho[:, 0]``) is the paper's "without MC"
+baseline of §2.7 and Tables 1-2: T = 1, one stochastic pass.  One more pass with ``training=False`` (no
+dropout, central crop at the mean zoom, no random augmentation) gives ``rho_point``, the deterministic
+network, a second baseline.
 
 Which galaxies: the shards' ``test`` split, with the training cut N >= max(min_total_votes, 1)
-(:func:`gzmorph.train.keep_mask`).  Galaxies with fewer votes for the question are NOT
+(:func:`gzmorph.inputs.keep_mask`).  Galaxies with fewer votes for the question are NOT
 evaluated: the model was never trained on them (bar: the paper's N >= 10) and, with N = 0,
 there are no votes to compare with.
 
@@ -24,6 +26,9 @@ plus key-value metadata ``question, answer, passes, model, shards, split, min_to
 votes_column, total_column``.  Galaxies are processed ``predict.chunk_size`` at a time and each
 chunk is appended as a row group to a temporary file renamed when complete, so memory does not
 grow with the test set.  :func:`load_predictions` reads the file back as (DataFrame, rho [G, T]).
+
+The passes themselves (:func:`rho_functions`, :func:`predict_chunk`, :func:`chunk_passes` over an array or a
+dataset in chunks) are shared with active learning, which scores its pool and test set the same way.
 """
 
 from __future__ import annotations
@@ -31,23 +36,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gzmorph.config import UserError
-from gzmorph.train import (
-    configure_threads,
-    describe_device,
-    effective_cut,
-    load_model,
-    question_spec,
-    require_galaxies,
-    seed_everything,
-    vote_dataset,
-)
+from gzmorph.inputs import effective_cut, question_spec, require_galaxies, vote_dataset
+from gzmorph.runtime import configure_threads, describe_device, seed_everything
+from gzmorph.train import load_model
 
 if TYPE_CHECKING:
     import keras
@@ -114,10 +112,31 @@ def rho_functions(model: keras.Model) -> tuple[Callable[[tf.Tensor], tf.Tensor],
     return mc, point
 
 
-def predict_chunk(mc: Callable, point: Callable, images: tf.Tensor, passes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rho [B, T] float32, rho_point [B] float32) for one chunk of images."""
-    rho = np.stack([mc(images).numpy() for _ in range(passes)], axis=1)
-    return rho.astype(np.float32, copy=False), point(images).numpy().astype(np.float32, copy=False)
+def predict_chunk(mc: Callable, point: Callable | None, images: tf.Tensor | np.ndarray, passes: int
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(rho [B, T] float32, rho_point [B] float32) for one chunk of images; rho_point None without ``point``."""
+    rho = np.stack([mc(images).numpy() for _ in range(passes)], axis=1).astype(np.float32, copy=False)
+    return rho, None if point is None else point(images).numpy().astype(np.float32, copy=False)
+
+
+def chunk_passes(mc: Callable, point: Callable | None, data: np.ndarray | Iterable, passes: int,
+                 chunk_size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None, tuple]]:
+    """T MC passes (and one deterministic pass with ``point``) over ``data``, one chunk at a time.
+
+    ``data``: a uint8 image array [G, R, R, 3], cut into chunks of ``chunk_size`` galaxies, or an iterable
+    of batches whose first element is the images (e.g. :func:`gzmorph.inputs.vote_dataset` with ids).
+    Yields (rho [B, T], rho_point [B] or None, the rest of the batch: () for an array) per chunk; all T
+    passes of a chunk run before the next chunk, so the draws depend on the data and the chunk size only.
+    """
+    if isinstance(data, np.ndarray):
+        if not chunk_size or chunk_size < 1:
+            raise ValueError("chunk_size: a positive number of galaxies is needed to cut an array")
+        batches: Iterable = ((data[start:start + chunk_size],) for start in range(0, len(data), chunk_size))
+    else:
+        batches = data
+    for images, *rest in batches:
+        rho, rho_point = predict_chunk(mc, point, images, passes)
+        yield rho, rho_point, tuple(rest)
 
 
 def check_model_input(model: keras.Model, resolution: int, model_path: str | Path) -> None:
@@ -162,8 +181,7 @@ def predict(params: dict[str, Any], question: str, shard_dir: str | Path, model_
     with io.atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n_galaxies, unit="galaxy", desc=f"predict {question}", file=sys.stderr,
                  disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:  # logs: sparse
-        for images, counts, ids in data:
-            rho, rho_point = predict_chunk(mc, point, images, passes)
+        for rho, rho_point, (counts, ids) in chunk_passes(mc, point, data, passes):
             writer.write_table(chunk_table(ids.numpy(), counts.numpy(), rho, rho_point, schema))
             written += len(rho_point)
             bar.update(len(rho_point))

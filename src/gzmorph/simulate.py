@@ -27,7 +27,7 @@ from gzmorph.config import ConfigError
 from gzmorph.sim import rng_for
 from gzmorph.sim.observe import observe
 from gzmorph.sim.population import sky_table
-from gzmorph.sim.render import is_valid_png, png_bytes, render_galaxy
+from gzmorph.sim.render import image_bytes, image_extension, is_valid_image, render_galaxy
 from gzmorph.sim.volunteers import classifications_per_galaxy, rho, vote_counts
 from gzmorph.tree import DecisionTree, get_tree
 
@@ -61,9 +61,10 @@ def survey_params(params: dict[str, Any], survey_name: str) -> dict[str, Any]:
     return surveys[survey_name]
 
 
-def image_path(images_dir: str, id_str: str) -> str:
-    """``<images>/<id_str>.png`` exactly as given (a relative --images stays relative)."""
-    return os.path.join(images_dir, f"{id_str}.png")
+def image_path(images_dir: str, id_str: str, image_format: str = "png") -> str:
+    """``<images>/<id_str>.png`` or ``.jpg`` (by ``image_format``) exactly as given (a relative --images stays
+    relative)."""
+    return os.path.join(images_dir, f"{id_str}{image_extension(image_format)}")
 
 
 def simulate_votes(galaxies: pd.DataFrame, params: dict[str, Any], survey_name: str,
@@ -88,7 +89,7 @@ def build_catalog(sky: pd.DataFrame, params: dict[str, Any], survey_name: str,
         "id_str": obs["id_str"].astype(str).to_numpy(),
         "ra": obs["obs_ra"].to_numpy(), "dec": obs["obs_dec"].to_numpy(),
         "survey": survey_name, "tree": tree.name,
-        "file_loc": [image_path(images_dir, i) for i in obs["id_str"]],
+        "file_loc": [image_path(images_dir, i, survey["image_format"]) for i in obs["id_str"]],
     }
     cols.update({c: counts[c].astype(np.int64) for c in tree.vote_columns})
     for q in tree.questions:
@@ -107,12 +108,13 @@ RenderTask = tuple[list[dict[str, Any]], list[str], str, dict[str, Any], int, in
 def _render_chunk(task: RenderTask) -> tuple[int, int]:
     """Render the galaxies of one chunk that have no valid image yet; return (rendered, skipped)."""
     records, paths, survey_name, survey, size, seed = task
+    fmt = survey["image_format"]
     rendered = skipped = 0
     for g, path in zip(records, paths, strict=True):
-        if is_valid_png(path, size):
+        if is_valid_image(path, size, fmt):
             skipped += 1
             continue
-        io.write_bytes(path, png_bytes(render_galaxy(g, survey_name, survey, size, seed)))
+        io.write_bytes(path, image_bytes(render_galaxy(g, survey_name, survey, size, seed), fmt))
         rendered += 1
     return rendered, skipped
 
@@ -272,7 +274,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     config.add_params_argument(v)
     v.add_argument("--survey", required=True, help="survey name in simulate.surveys")
     v.add_argument("--sky", required=True, help="sky parquet from `simulate sky`")
-    v.add_argument("--images", required=True, help="folder for <id_str>.png")
+    v.add_argument("--images", required=True,
+                   help="folder for <id_str>.jpg or .png (simulate.surveys.<survey>.image_format)")
     v.add_argument("--catalog", required=True, help="catalog parquet to write")
     config.add_threads_argument(v, "rendering")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")

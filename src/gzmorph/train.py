@@ -5,38 +5,60 @@ and is trained on the binomial likelihood of the observed (k, N) vote counts (eq
 :class:`gzmorph.losses.BinomialLoss`), so galaxies with few votes count for less without any
 "clean sample" selection.
 
-Data: the ``train`` and ``val`` splits of the shards written by ``gzmorph shards``.  Per galaxy
-only two count columns are read, ``<q>_<answer>`` (k) and ``<q>_total-votes`` (N).  Galaxies
-are kept when N >= max(min_total_votes, 1) (:func:`keep_mask`): the paper's cut (bar: N >= 10,
-§2.6), and N = 0 galaxies (question never asked) carry no information.  The same rule decides
-which test galaxies ``gzmorph predict`` evaluates.
+What lives where:
 
-Outputs, each written to a temporary file and renamed when complete: the best model by
-validation loss (``--model``, a ``.keras`` file; EarlyStopping restores the same weights),
-the per-epoch history CSV (``epoch, loss, val_loss``) and a loss-curve figure.
+* :mod:`gzmorph.inputs`: which galaxies a model sees (the question's (k, N) columns and the vote cut
+  N >= max(min_total_votes, 1)) and the tf.data reader of the shards' splits.
+* :mod:`gzmorph.runtime`: threads, device, seeds and the mixed-precision policy.
+* here: the model of a question (:func:`build_question_model`), the ONE training loop (:func:`fit`), used by
+  ``gzmorph train`` (:func:`train`) and by active learning (:func:`gzmorph.active_learning._train_model`),
+  reloading a trained model (:func:`load_model`) and the loss figure.
+
+:func:`fit` compiles the model with Adam, the learning-rate schedule of ``train.schedule`` and the binomial
+loss, and runs ``model.fit`` with Keras callbacks:
+
+* the schedule (:func:`learning_rate_schedule`): ``cosine``, a linear warm-up from 0 over ``warmup_epochs``,
+  then cosine decay to ``train.min_learning_rate`` at ``max_epochs`` (``keras.optimizers.schedules.
+  CosineDecay`` with ``warmup_steps``/``warmup_target``); ``plateau``, the same warm-up, then the rate is
+  halved after ``plateau_patience`` epochs without a lower val loss (``keras.callbacks.ReduceLROnPlateau``,
+  never below ``min_learning_rate``); ``constant``;
+* early stopping on the val loss (``keras.callbacks.EarlyStopping``, ``restore_best_weights``,
+  ``start_from_epoch=min_epochs``): epochs before ``min_epochs`` can neither stop training nor be kept.  A
+  fresh model sits on a plateau near the constant prediction for its first ~100 steps; watched from its first
+  epoch, early stopping could end training there.  The kept epoch (:func:`kept_epoch`) is the lowest finite
+  val loss from ``min_epochs`` on (the first, on ties), or the last epoch when training ended before
+  ``min_epochs``.  Keras 3 restores those weights at the end of training whether or not it stopped early;
+  the model is saved only then, so the saved model holds exactly the kept epoch's weights (a ModelCheckpoint
+  watching every epoch could have saved an earlier, pre-``min_epochs`` one);
+* ``TerminateOnNaN``, and a CSV history (``CSVLogger``).
+
+Outputs of ``gzmorph train``, each written to a temporary file and renamed when complete: the model at the
+kept epoch (``--model``, a ``.keras`` file), the per-epoch history CSV (``epoch, learning_rate, loss,
+val_loss``; ``learning_rate`` is the rate at the end of the epoch, before ReduceLROnPlateau acts) and a
+loss-curve figure with the kept epoch marked.
 
 Runtime: GPU when TensorFlow sees one, CPU otherwise, with no change to the code path.
 ``--threads`` sets TensorFlow's intra/inter-op and tf.data thread pools.  ``train.mixed_precision``
 computes in float16 (GPU) or bfloat16 (CPU); augmentation, logits and loss stay float32.
-``keras.utils.set_random_seed(seed)`` plus seeded layers and a seeded shuffle make a run
-repeatable; on CPU TensorFlow op determinism is also switched on (cheap there).
+Seeds (:func:`gzmorph.runtime.seed_everything`) plus seeded layers and a seeded shuffle make a run repeatable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import math
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gzmorph.config import ConfigError, UserError
+from gzmorph.config import ConfigError
 
 if TYPE_CHECKING:
     import keras
@@ -44,174 +66,17 @@ if TYPE_CHECKING:
     import tensorflow as tf
     from matplotlib.figure import Figure
 
+    from gzmorph.inputs import QuestionSpec
+
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "loss", "val_loss")
+HISTORY_COLUMNS = ("epoch", "learning_rate", "loss", "val_loss")
+SCHEDULES = ("cosine", "plateau", "constant")
+PLATEAU_FACTOR = 0.5  # ReduceLROnPlateau: the learning rate is halved on a plateau
 
 
-class NoGalaxiesError(UserError):
-    """A split has no galaxy left after the vote cut."""
-
-
-@dataclass(frozen=True)
-class QuestionSpec:
-    """What one model learns: rho of ``answer`` for ``question``, from the (k, N) columns."""
-
-    question: str
-    answer: str
-    votes_column: str  # k: votes for the answer
-    total_column: str  # N: volunteers asked the question
-    min_total_votes: int
-    crop_mode: str
-    crop_zoom: tuple[float, float]
-
-    @property
-    def columns(self) -> tuple[str, str]:
-        return (self.votes_column, self.total_column)
-
-
-def question_spec(params: dict[str, Any], question: str, tree_name: str | None = None) -> QuestionSpec:
-    """The question's settings from ``train.questions``; column names from its decision tree.
-
-    ``tree_name`` defaults to the tree of ``train.survey``; pass the shards' tree to check that
-    the shards really hold the question.
-    """
-    from gzmorph.tree import get_tree
-
-    questions = params["train"]["questions"]
-    if question not in questions:
-        raise ConfigError(f"train.questions: no question {question!r}; configured: {', '.join(questions)}")
-    spec = questions[question]
-    if tree_name is None:
-        from gzmorph.config import active_surveys
-
-        tree_name = active_surveys(params)[params["train"]["survey"]]
-    tree = get_tree(tree_name)
-    if question not in tree.question_names:
-        raise ConfigError(f"question {question!r} is not in the {tree.name} tree of the shards")
-    q = tree.question(question)
-    return QuestionSpec(
-        question=question,
-        answer=str(spec["answer"]),
-        votes_column=q.column(str(spec["answer"])),
-        total_column=q.total_column,
-        min_total_votes=int(spec["min_total_votes"]),
-        crop_mode=str(spec["crop_mode"]),
-        crop_zoom=(float(spec["crop_zoom"][0]), float(spec["crop_zoom"][1])),
-    )
-
-
-def effective_cut(min_total_votes: int) -> int:
-    """Smallest N kept: N = 0 galaxies never saw the question, so they are dropped even with no cut."""
-    return max(int(min_total_votes), 1)
-
-
-def keep_mask(total_votes: Any, min_total_votes: int) -> Any:
-    """Boolean mask of galaxies to train on / evaluate (numpy or TF tensors alike)."""
-    return total_votes >= effective_cut(min_total_votes)
-
-
-def vote_dataset(shard_dir: str | Path, split: str, spec: QuestionSpec, batch_size: int, *,
-                 shuffle: bool = False, seed: int | None = None, with_ids: bool = False,
-                 threads: int | None = None, n_galaxies: int | None = None) -> tf.data.Dataset:
-    """Batches of (uint8 image [B,R,R,3], float32 (k, N) [B,2]) (+ id_str) after the vote cut.
-
-    The reader shuffles, batches and parses whole batches in parallel; the cut is a vectorised
-    mask per batch, and ``rebatch`` restores full batches, so no per-galaxy Python or tf.data
-    element work is added.  ``n_galaxies`` (galaxies left after the cut, see
-    :func:`count_galaxies`) lets Keras show a progress bar with a known length.
-    """
-    import tensorflow as tf
-
-    from gzmorph.shards import make_dataset
-
-    def select(image: tf.Tensor, counts: tf.Tensor, *ids: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        keep = keep_mask(counts[:, 1], spec.min_total_votes)
-        return tuple(tf.boolean_mask(t, keep) for t in (image, counts, *ids))
-
-    ds = make_dataset(shard_dir, split, columns=spec.columns, batch_size=batch_size, shuffle=shuffle,
-                      seed=seed, with_ids=with_ids, counts_dtype="float32")
-    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
-    if n_galaxies is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_galaxies / batch_size)))
-    if threads:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = int(threads)
-        ds = ds.with_options(options)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def count_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> tuple[int, int]:
-    """(galaxies in the split, galaxies kept by the cut): one pass reading only N (and raw image bytes)."""
-    from gzmorph.shards import make_dataset
-
-    total = kept = 0
-    # Small batches: the reader also parses the images, and a few large batches in flight would cost
-    # hundreds of MB (256 x 128 px galaxies are 12 MB).
-    for _, counts in make_dataset(shard_dir, split, columns=[spec.total_column], batch_size=256,
-                                  counts_dtype="int64").as_numpy_iterator():
-        total += len(counts)
-        kept += int(keep_mask(counts[:, 0], spec.min_total_votes).sum())
-    return total, kept
-
-
-def require_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> int:
-    """Galaxies left after the cut in ``split``; NoGalaxiesError when there are none."""
-    total, kept = count_galaxies(shard_dir, split, spec)
-    log.info("%s split: %d of %d galaxies have N(%s) >= %d", split, kept, total, spec.question,
-             effective_cut(spec.min_total_votes))
-    if kept == 0:
-        raise NoGalaxiesError(
-            f"{shard_dir}: no {split} galaxies left after the cut N({spec.question}) >= "
-            f"{effective_cut(spec.min_total_votes)} ({total} before the cut)")
-    return kept
-
-
-def configure_threads(threads: int | None) -> None:
-    """TensorFlow intra/inter-op threads; only possible before TF's runtime starts (else a no-op)."""
-    import tensorflow as tf
-
-    if not threads:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-    except RuntimeError:  # runtime already initialised (e.g. a second call in one process)
-        log.debug("TensorFlow already initialised; thread settings unchanged")
-
-
-def describe_device() -> tuple[str, bool]:
-    """(human-readable device, is_gpu); logged so a run's log says where it ran."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return f"GPU ({', '.join(g.name for g in gpus)})", True
-    return "CPU (no GPU visible)", False
-
-
-def seed_everything(seed: int, gpu: bool) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(int(seed))
-    if not gpu:
-        # Deterministic kernels cost little on CPU; on GPU they can cost a lot, so left off there.
-        tf.config.experimental.enable_op_determinism()
-
-
-@contextmanager
-def precision_policy(mixed: bool, gpu: bool) -> Iterator[str]:
-    """Global Keras dtype policy while the model is built (layers take it at construction), then restored."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy()
-    name = ("mixed_float16" if gpu else "mixed_bfloat16") if mixed else "float32"
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield name
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+class TrainingDiverged(RuntimeError):
+    """The validation loss at the kept epoch is not finite: no usable model."""
 
 
 def build_question_model(params: dict[str, Any], spec: QuestionSpec, resolution: int) -> keras.Model:
@@ -226,30 +91,253 @@ def build_question_model(params: dict[str, Any], spec: QuestionSpec, resolution:
     )
 
 
-def best_epoch(history: pd.DataFrame) -> int:
-    """Row index of the lowest validation loss (what EarlyStopping restores and the checkpoint holds)."""
-    return int(np.nanargmin(history["val_loss"].to_numpy(np.float64)))
+# ---------------------------------------------------------------------------------------------- the training loop
 
 
-def loss_figure(history: pd.DataFrame, title: str = "") -> Figure:
-    """Training and validation loss per epoch (1-based), best epoch marked."""
+@dataclass(frozen=True)
+class FitSettings:
+    """How :func:`fit` trains: epochs, early stopping and the learning-rate schedule."""
+
+    learning_rate: float  # the peak rate: after warm-up (cosine, plateau), or throughout (constant)
+    max_epochs: int
+    min_epochs: int = 0  # EarlyStopping start_from_epoch
+    patience: int = 1  # epochs without a lower val loss (from min_epochs on) before stopping
+    schedule: str = "constant"  # one of SCHEDULES
+    warmup_epochs: int = 0  # linear warm-up from 0 (cosine, plateau)
+    min_learning_rate: float = 0.0  # cosine: the rate at max_epochs; plateau: the floor
+    plateau_patience: int = 1  # plateau: epochs without a lower val loss before halving
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ConfigError(f"train.min_learning_rate {self.min_learning_rate:g} must be between 0 and "
+                              f"train.learning_rate {self.learning_rate:g}")
+
+
+def fit_settings(params: dict[str, Any], section: str = "train") -> FitSettings:
+    """:class:`FitSettings` of ``train`` or ``active_learning``.
+
+    The peak and final learning rates and the kind of schedule are always ``train``'s; epoch counts
+    (``max_epochs, min_epochs, patience, warmup_epochs, plateau_patience``) are the section's own.
+    """
+    tp, own = params["train"], params[section]
+    return FitSettings(
+        learning_rate=float(tp["learning_rate"]), schedule=str(tp["schedule"]),
+        min_learning_rate=float(tp["min_learning_rate"]), max_epochs=int(own["max_epochs"]),
+        min_epochs=int(own["min_epochs"]), patience=int(own["patience"]), warmup_epochs=int(own["warmup_epochs"]),
+        plateau_patience=int(own["plateau_patience"]),
+    )
+
+
+def kept_epoch(val_loss: Any, min_epochs: int) -> int:
+    """The epoch (0-based) whose weights :func:`fit` keeps, from the per-epoch val losses.
+
+    What EarlyStopping(start_from_epoch=min_epochs, restore_best_weights=True) restores, non-finite val
+    losses being ignored: the lowest finite val loss from ``min_epochs`` on (the first, on ties); the last
+    epoch when training ended before ``min_epochs`` or no watched epoch was finite (nothing restored).
+    """
+    val_loss = np.asarray(val_loss, np.float64)
+    watched = val_loss[min_epochs:]
+    if not np.isfinite(watched).any():
+        return len(val_loss) - 1
+    return int(min_epochs + np.nanargmin(np.where(np.isfinite(watched), watched, np.nan)))
+
+
+@functools.cache
+def _callbacks() -> Any:
+    """The Keras callback classes :func:`fit` adds (built on first use: keras is imported lazily)."""
+    import keras
+
+    class LogLearningRate(keras.callbacks.Callback):
+        """``logs["learning_rate"]``: the optimizer's rate at the end of the epoch (read by History, CSVLogger)."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is not None:
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    class LinearWarmup(keras.callbacks.Callback):
+        """Learning rate target * step / steps for the first ``steps`` optimizer steps (as CosineDecay's warm-up).
+
+        ``step`` is the optimizer's step count, like a schedule's: under mixed_float16 the steps the loss
+        scaling skips do not count.
+        """
+
+        def __init__(self, target: float, steps: int):
+            super().__init__()
+            self.target, self.steps, self.done = float(target), int(steps), False
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.done = self.steps <= 0
+            if not self.done:
+                self.model.optimizer.learning_rate = 0.0
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if self.done:
+                return
+            step = min(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)), self.steps)
+            self.model.optimizer.learning_rate = self.target * step / self.steps  # the rate of the next step
+            self.done = step >= self.steps
+
+    class PlateauAfterWarmup(keras.callbacks.ReduceLROnPlateau):
+        """ReduceLROnPlateau that ignores the warm-up epochs."""
+
+        def __init__(self, start_from_epoch: int, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.start_from_epoch = int(start_from_epoch)
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch >= self.start_from_epoch:
+                super().on_epoch_end(epoch, logs)
+
+    class FiniteEarlyStopping(keras.callbacks.EarlyStopping):
+        """EarlyStopping that treats a non-finite val loss as missing (never kept, no patience used).
+
+        Plain EarlyStopping would keep a NaN first watched epoch as "best" (it stores the first watched
+        epoch's weights unconditionally and nothing compares below NaN).
+        """
+
+        def get_monitor_value(self, logs: dict | None) -> float | None:
+            value = super().get_monitor_value(logs)
+            return value if value is not None and math.isfinite(value) else None
+
+    return types.SimpleNamespace(LogLearningRate=LogLearningRate, LinearWarmup=LinearWarmup,
+                                 PlateauAfterWarmup=PlateauAfterWarmup, FiniteEarlyStopping=FiniteEarlyStopping)
+
+
+def learning_rate_schedule(settings: FitSettings, steps_per_epoch: int) -> tuple[Any, list[keras.callbacks.Callback]]:
+    """(Adam's learning_rate argument, callbacks that drive it) for ``settings.schedule``.
+
+    cosine: CosineDecay from 0 up to ``learning_rate`` over ``warmup_epochs``, then down to
+    ``min_learning_rate`` at ``max_epochs`` (held there if training went on).  plateau: the same warm-up by
+    a callback (a schedule's rate cannot be changed by ReduceLROnPlateau), then ReduceLROnPlateau(factor
+    0.5, patience ``plateau_patience``, min_lr ``min_learning_rate``) from the first epoch after warm-up.
+    """
+    import keras
+
+    cb = _callbacks()
+    lr = settings.learning_rate
+    warmup_steps = max(settings.warmup_epochs, 0) * int(steps_per_epoch)
+    if settings.schedule == "constant":
+        return lr, []
+    if settings.schedule == "cosine":
+        decay_steps = max(settings.max_epochs - settings.warmup_epochs, 1) * int(steps_per_epoch)
+        alpha = settings.min_learning_rate / lr
+        if warmup_steps == 0:
+            return keras.optimizers.schedules.CosineDecay(lr, decay_steps, alpha=alpha), []
+        return keras.optimizers.schedules.CosineDecay(0.0, decay_steps, alpha=alpha, warmup_target=lr,
+                                                      warmup_steps=warmup_steps), []
+    plateau = cb.PlateauAfterWarmup(settings.warmup_epochs, monitor="val_loss", factor=PLATEAU_FACTOR,
+                                    patience=settings.plateau_patience, min_lr=settings.min_learning_rate)
+    if warmup_steps == 0:
+        return lr, [plateau]
+    return 0.0, [cb.LinearWarmup(lr, warmup_steps), plateau]
+
+
+@dataclass
+class FitResult:
+    history: pd.DataFrame  # HISTORY_COLUMNS, one row per epoch trained
+    kept_epoch: int  # 0-based row of history whose weights the model holds
+    stopped_early: bool  # EarlyStopping ended training before max_epochs
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def train_loss(self) -> float:
+        """Training loss of the kept epoch (dropout and augmentation on)."""
+        return float(self.history["loss"].iloc[self.kept_epoch])
+
+    @property
+    def val_loss(self) -> float:
+        return float(self.history["val_loss"].iloc[self.kept_epoch])
+
+
+def _steps_of(dataset: tf.data.Dataset) -> int:
+    steps = int(dataset.cardinality())
+    if steps <= 0:  # tf.data.INFINITE_CARDINALITY (-1), UNKNOWN_CARDINALITY (-2), or empty
+        raise ValueError("fit: the training dataset's length is unknown or infinite; pass steps_per_epoch")
+    return steps
+
+
+def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings: FitSettings,
+        steps_per_epoch: int | None = None, checkpoint: str | Path | None = None,
+        history: str | Path | None = None, verbose: int = 0) -> FitResult:
+    """Compile ``model`` (fresh Adam with the schedule, binomial loss) and train it; the one training loop.
+
+    ``train_ds`` yields (uint8 images, float32 (k, N)) batches; a finite dataset is one epoch, an infinite
+    (repeated) one needs ``steps_per_epoch``.  ``val_ds`` is Keras ``validation_data``.  On return the model
+    holds the weights of the kept epoch (:func:`kept_epoch`); with ``checkpoint`` (a ``.keras`` path) it is
+    saved there, with ``history`` the per-epoch CSV is written there, both atomically and only when the kept
+    epoch's val loss is finite (else :class:`TrainingDiverged`, nothing written).
+    """
+    import keras
+    import pandas as pd
+
+    from gzmorph import io
+    from gzmorph.losses import BinomialLoss
+
+    cb = _callbacks()
+    steps = int(steps_per_epoch) if steps_per_epoch is not None else _steps_of(train_ds)
+    if settings.min_epochs >= settings.max_epochs:
+        log.warning("min_epochs %d >= max_epochs %d: early stopping never acts, the last epoch is kept",
+                    settings.min_epochs, settings.max_epochs)
+    learning_rate, schedule_callbacks = learning_rate_schedule(settings, steps)
+    # compile wraps the optimizer in a LossScaleOptimizer under mixed_float16.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=BinomialLoss())
+    stopper = cb.FiniteEarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True,
+                                     start_from_epoch=settings.min_epochs)
+    with contextlib.ExitStack() as outputs:
+        callbacks = [cb.LogLearningRate(), *schedule_callbacks, stopper, keras.callbacks.TerminateOnNaN()]
+        if history is not None:
+            callbacks.append(keras.callbacks.CSVLogger(str(outputs.enter_context(io.atomic_path(history)))))
+        logged = model.fit(train_ds, validation_data=val_ds, epochs=settings.max_epochs,
+                           steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False,  # data shuffles
+                           verbose=verbose)
+        frame = pd.DataFrame({"epoch": logged.epoch, **logged.history})
+        frame = frame[["epoch", *sorted(c for c in frame.columns if c != "epoch")]]
+        kept = kept_epoch(frame["val_loss"], settings.min_epochs)
+        restored = stopper.best_epoch if stopper.best_weights is not None else len(frame) - 1
+        if restored != kept:  # cannot happen unless Keras's EarlyStopping changes behaviour
+            raise RuntimeError(f"EarlyStopping kept epoch {restored + 1}, expected {kept + 1}")
+        if not np.isfinite(frame["val_loss"].iloc[kept]):
+            raise TrainingDiverged(f"validation loss at the kept epoch {kept + 1} is {frame['val_loss'].iloc[kept]}"
+                                   f" (finite from epoch {settings.min_epochs + 1} on: never)")
+        if checkpoint is not None:
+            model.save(outputs.enter_context(io.atomic_path(checkpoint)))
+    return FitResult(frame.reset_index(drop=True), kept, stopped_early=len(frame) < settings.max_epochs)
+
+
+# ---------------------------------------------------------------------------------------------- gzmorph train
+
+
+def loss_figure(history: pd.DataFrame, kept: int, min_epochs: int = 0, title: str = "") -> Figure:
+    """Training and validation loss per epoch (1-based), the kept epoch marked; learning rate on the right."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
     epochs = history["epoch"].to_numpy() + 1
+    if min_epochs > 0:
+        ax.axvspan(0.5, min(min_epochs, len(epochs)) + 0.5, color="0.92", lw=0,
+                   label=f"before min_epochs ({min_epochs}): not kept")
     ax.plot(epochs, history["loss"], "o-", ms=3, label="training")
     ax.plot(epochs, history["val_loss"], "s-", ms=3, label="validation")
-    best = best_epoch(history)
-    ax.axvline(epochs[best], color="0.5", ls="--", lw=1)
-    ax.plot(epochs[best], history["val_loss"].iloc[best], "k*", ms=12,
-            label=f"best: epoch {epochs[best]} (val {history['val_loss'].iloc[best]:.3f})")
+    ax.axvline(epochs[kept], color="0.5", ls="--", lw=1)
+    ax.plot(epochs[kept], history["val_loss"].iloc[kept], "k*", ms=12,
+            label=f"kept: epoch {epochs[kept]} (val {history['val_loss'].iloc[kept]:.3f})")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("binomial loss per galaxy (eq. 6, mean)")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=8)
+    if "learning_rate" in history:
+        lr_ax = ax.twinx()
+        lr_ax.plot(epochs, history["learning_rate"], ":", color="tab:green", lw=1.5)
+        lr_ax.set_ylabel("learning rate (dotted)", color="tab:green")
+        lr_ax.set_ylim(bottom=0)
     return fig
 
 
@@ -263,7 +351,7 @@ def _progress_verbosity(progress: bool) -> int:
 @dataclass
 class TrainResult:
     history: pd.DataFrame
-    best_epoch: int  # 0-based row of history
+    kept_epoch: int  # 0-based row of history: the saved weights
     n_train: int
     n_val: int
     device: str
@@ -274,17 +362,16 @@ def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_pa
           history_path: str | Path, figure_path: str | Path | None = None, *, threads: int | None = None,
           progress: bool = True) -> TrainResult:
     """Train the question's model on the shards' train split, early-stopped on the val split."""
-    import keras
-    import pandas as pd
-
     from gzmorph import io
-    from gzmorph.losses import BinomialLoss
+    from gzmorph.inputs import question_spec, require_galaxies, vote_dataset
+    from gzmorph.runtime import configure_threads, describe_device, precision_policy, seed_everything
     from gzmorph.shards import read_manifest
 
     if Path(model_path).suffix != ".keras":
         raise ConfigError(f"--model {model_path}: must end in .keras (the Keras v3 format)")
     manifest = read_manifest(shard_dir)  # FileNotFoundError with a plain message when missing
     spec = question_spec(params, question, manifest["tree"])
+    settings = fit_settings(params, "train")
     configure_threads(threads)
     device, gpu = describe_device()
     log.info("training %s (%s = %s) on %s", question, spec.votes_column, spec.answer, device)
@@ -302,30 +389,23 @@ def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_pa
 
     with precision_policy(bool(tp["mixed_precision"]), gpu) as policy:
         model = build_question_model(params, spec, manifest["resolution"])
-    log.info("dtype policy %s; %d trainable parameters", policy, model.count_params())
-    # compile wraps the optimizer in a LossScaleOptimizer under mixed_float16.
-    model.compile(optimizer=keras.optimizers.Adam(float(tp["learning_rate"])), loss=BinomialLoss())
-
-    with io.atomic_path(model_path) as tmp_model, io.atomic_path(history_path) as tmp_history:
-        callbacks = [
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(tp["patience"]),
-                                          restore_best_weights=True),
-            keras.callbacks.ModelCheckpoint(str(tmp_model), monitor="val_loss", save_best_only=True),
-            keras.callbacks.CSVLogger(str(tmp_history)),
-            keras.callbacks.TerminateOnNaN(),
-        ]
-        model.fit(train_ds, validation_data=val_ds, epochs=int(tp["max_epochs"]), callbacks=callbacks,
-                  shuffle=False, verbose=_progress_verbosity(progress))  # the dataset shuffles itself
-        history = pd.read_csv(tmp_history)
-        if tmp_model.stat().st_size == 0 or not np.isfinite(history["val_loss"]).any():
-            raise RuntimeError(f"training {question}: validation loss was never finite; no model saved")
-    best = best_epoch(history)
+    log.info("dtype policy %s; %d trainable parameters; %s learning rate %g, %d-%d epochs", policy,
+             model.count_params(), settings.schedule, settings.learning_rate, settings.min_epochs,
+             settings.max_epochs)
+    try:
+        result = fit(model, train_ds, val_ds, settings=settings, checkpoint=model_path, history=history_path,
+                     verbose=_progress_verbosity(progress))
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"training {question}: {exc}; no model saved") from None
+    history, kept = result.history, result.kept_epoch
     if figure_path is not None:
-        io.save_figure(loss_figure(history, f"{question}: rho({spec.answer}), {n_train} training galaxies"),
+        io.save_figure(loss_figure(history, kept, settings.min_epochs,
+                                   f"{question}: rho({spec.answer}), {n_train} training galaxies"),
                        figure_path, dpi=120)
-    log.info("%s: %d epochs, best epoch %d (val_loss %.4f) -> %s", question, len(history), best + 1,
-             history["val_loss"].iloc[best], model_path)
-    return TrainResult(history, best, n_train, n_val, device, policy)
+    log.info("%s: %d epochs (%s), kept epoch %d (val_loss %.4f) -> %s", question, len(history),
+             "stopped early" if result.stopped_early else "max_epochs reached", kept + 1,
+             history["val_loss"].iloc[kept], model_path)
+    return TrainResult(history, kept, n_train, n_val, device, policy)
 
 
 def load_model(path: str | Path, compile: bool = False) -> keras.Model:
@@ -355,8 +435,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     config.add_params_argument(p)
     p.add_argument("--question", required=True, help="question under train.questions (e.g. bar)")
     p.add_argument("--shards", required=True, help="shard directory from `gzmorph shards`")
-    p.add_argument("--model", required=True, help="output model (.keras): the best epoch by validation loss")
-    p.add_argument("--history", required=True, help="output CSV: loss and val_loss per epoch")
+    p.add_argument("--model", required=True,
+                   help="output model (.keras): the kept epoch (lowest val loss from train.min_epochs on)")
+    p.add_argument("--history", required=True, help="output CSV: learning rate, loss and val_loss per epoch")
     p.add_argument("--figure", default=None, help="output loss-curve figure (png/pdf)")
     config.add_threads_argument(p, "TensorFlow ops and the input pipeline")
     p.add_argument("--no-progress", action="store_true", help="no progress display")

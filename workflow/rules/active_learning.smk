@@ -16,10 +16,11 @@ rule active_learning_run:
         acquired="results/active_learning/{question}/{strategy}_{seed}_acquired.parquet",
     params:
         settings=P("seed", "train.survey", "train.questions.{question}", "train.input_size", "train.learning_rate",
-                   "train.dropout_rate", "train.mixed_precision", "active_learning.passes",
-                   "active_learning.expected_votes", "active_learning.max_epochs", "active_learning.patience",
-                   "active_learning.min_epochs", "active_learning.min_steps_per_epoch", "active_learning.batch_size",
-                   "active_learning.warm_start", "active_learning.questions.{question}"),
+                   "train.schedule", "train.min_learning_rate", "train.dropout_rate", "train.mixed_precision",
+                   "active_learning.passes", "active_learning.expected_votes", "active_learning.max_epochs",
+                   "active_learning.patience", "active_learning.min_epochs", "active_learning.warmup_epochs",
+                   "active_learning.plateau_patience", "active_learning.min_steps_per_epoch",
+                   "active_learning.batch_size", "active_learning.warm_start", "active_learning.questions.{question}"),
         args=PARAMS_ARGS,
     log:
         "logs/active_learning_{question}_{strategy}_{seed}.log",

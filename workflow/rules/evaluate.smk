@@ -1,4 +1,5 @@
-# Calibration (paper eqs. 11-13), point metrics and the paper's figures per question; one metrics file.
+# Calibration (paper eqs. 11-13), point metrics, the learnability table (simulated truth; for real data only
+# its `all` row, NaN) and the paper's figures per question; one metrics file.
 
 
 rule evaluate:
@@ -11,6 +12,8 @@ rule evaluate:
         calibration=report("results/calibration/{question}.csv", caption="../report/calibration_table.rst",
                            category="Calibration", subcategory="{question}"),
         metrics="results/evaluation/{question}/metrics.json",
+        learnability=report("results/evaluation/{question}/learnability.csv", caption="../report/learnability.rst",
+                            category="Learnability", subcategory="{question}"),
         confusion_table="results/evaluation/{question}/confusion.csv",
         calibration_figure=report("results/evaluation/{question}/calibration.png",
                                   caption="../report/calibration.rst", category="Calibration",

@@ -1,4 +1,5 @@
-# Bayesian CNN per question: binomial likelihood of vote counts, early stopping on validation loss.
+# Bayesian CNN per question: binomial likelihood of vote counts, learning-rate schedule, early stopping on
+# validation loss from train.min_epochs on.
 
 
 rule train:
@@ -10,7 +11,8 @@ rule train:
         figure="results/training/{question}/loss.png",
     params:
         settings=P("seed", "train.survey", "train.questions.{question}", "train.input_size", "train.batch_size",
-                   "train.max_epochs", "train.patience", "train.learning_rate", "train.dropout_rate",
+                   "train.max_epochs", "train.min_epochs", "train.patience", "train.learning_rate", "train.schedule",
+                   "train.warmup_epochs", "train.min_learning_rate", "train.plateau_patience", "train.dropout_rate",
                    "train.mixed_precision"),
         args=PARAMS_ARGS,
     log:

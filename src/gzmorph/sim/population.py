@@ -39,8 +39,8 @@ DISK_THICKNESS = 0.12      # intrinsic axis ratio of an edge-on disk
 ARTIFACT_FRACTION = 0.006  # GZ2: artifacts are rare
 MERGER_FRACTION = 0.06
 MINOR_DISTURBANCE_FRACTION = 0.12
-BARRED_FRACTION = 0.33     # of disks
-ARMED_FRACTION = 0.75      # of disks (the rest are lenticular-like, arm-less)
+BARRED_FRACTION = 0.45     # of disks (optical bar fractions are 30-50 %, near-infrared ~60 %)
+ARMED_FRACTION = 0.8       # of disks (the rest are lenticular-like, arm-less)
 RING_FRACTION = 0.08       # of disks
 ARM_COUNT_P = {1: 0.05, 2: 0.55, 3: 0.18, 4: 0.12, 5: 0.06, 6: 0.04}
 KPC_PER_RAD_TO_ARCSEC = 206264.806
@@ -167,11 +167,11 @@ def sample_population(n: int, sky: dict[str, float], seed: int) -> pd.DataFrame:
     counts, probs = zip(*ARM_COUNT_P.items(), strict=True)
     n_arms = np.where(armed, rng.choice(np.array(counts), size=n, p=np.array(probs)), 0)
     pitch = np.where(armed, np.clip(30 - 28 * g["bulge_to_total"] + rng.normal(0, 6, n), 6, 40), 0.0)
-    arm_amplitude = np.where(armed, rng.beta(3.0, 2.0, n), 0.0)
+    arm_amplitude = np.where(armed, rng.beta(4.0, 2.0, n), 0.0)
 
     # bars
     barred = disk & (rng.uniform(size=n) < BARRED_FRACTION)
-    bar_strength = np.where(barred, rng.uniform(0.15, 1.0, n), 0.0)
+    bar_strength = np.where(barred, 0.15 + 0.85 * rng.beta(1.6, 1.0, n), 0.0)  # strong bars are common
     bar_length = np.where(barred, g["r_eff_arcsec"] * (0.5 + 0.8 * bar_strength) * rng.uniform(0.8, 1.2, n),
                           0.0)
     bar_angle = rng.uniform(0, 180, n)  # in the disk plane, relative to the major axis

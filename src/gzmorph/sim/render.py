@@ -319,17 +319,55 @@ def render_galaxy(g: Mapping[str, Any], survey_name: str, survey: Mapping[str, A
     return asinh_rgb(bands)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
+# Image file formats of ``simulate.surveys.<survey>.image_format``: real GZ2 cutouts are SkyServer JPEGs,
+# GZ DECaLS ships PNGs.  JPEG at quality 90 (as SkyServer cutouts) is ~4x smaller than PNG of our noisy 424 px images.
+JPEG_QUALITY = 90
+JPEG_SUBSAMPLING = "4:2:0"    # libjpeg's usual chroma subsampling, pinned so the bytes do not follow Pillow defaults
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
+_END_MARKERS = {"png": b"IEND\xaeB`\x82", "jpeg": b"\xff\xd9"}  # last bytes of a complete file (IEND, EOI)
+
+
+def _format(image_format: str) -> str:
+    if image_format not in PIL_FORMATS:
+        raise ValueError(f"image format {image_format!r} is not one of {', '.join(PIL_FORMATS)}")
+    return PIL_FORMATS[image_format]
+
+
+def image_extension(image_format: str) -> str:
+    """File extension of an ``image_format``: ``.png`` or ``.jpg``."""
+    _format(image_format)
+    return EXTENSIONS[image_format]
+
+
+def image_bytes(rgb: np.ndarray, image_format: str = "png") -> bytes:
+    """Encode 8-bit RGB as ``png`` (lossless, fast zlib settings) or ``jpeg`` (quality JPEG_QUALITY)."""
+    pil_format = _format(image_format)
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
+    if pil_format == "PNG":
+        Image.fromarray(rgb).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
                                   compress_type=PNG_ZLIB_STRATEGY)
+    else:
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING)
     return buf.getvalue()
 
 
-def is_valid_png(path: str, size: int) -> bool:
-    """True if ``path`` holds a fully decodable size x size RGB image (a finished earlier render)."""
+def png_bytes(rgb: np.ndarray) -> bytes:
+    return image_bytes(rgb, "png")
+
+
+def is_valid_image(path: str, size: int, image_format: str = "png") -> bool:
+    """True if ``path`` holds a complete, fully decodable size x size RGB image in ``image_format``
+    (a finished earlier render).  A file of another format, or one cut short, is not valid."""
+    pil_format = _format(image_format)
+    marker = _END_MARKERS[image_format]
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f:  # Pillow's LOAD_TRUNCATED_IMAGES (process-wide) would hide a cut-off end
+            f.seek(0, io.SEEK_END)
+            f.seek(max(f.tell() - len(marker), 0))
+            if f.read() != marker:
+                return False
+        with Image.open(path, formats=(pil_format,)) as im:
             im.load()
             return im.size == (size, size) and im.mode == "RGB"
     except (OSError, ValueError, SyntaxError):

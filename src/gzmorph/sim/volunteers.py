@@ -25,6 +25,13 @@ from gzmorph.tree import DecisionTree
 
 Arrays = Mapping[str, np.ndarray]
 SN_HALF = 12.0  # S/N per PSF patch at which a feature is half as visible as in a noiseless image
+# Logit (offset, slopes) of the typical volunteer's answers, set so that the simulated SDSS catalog's raw vote
+# fractions look like GZ2's (Hart et al. 2016 raw counts): see tests/test_simulate.py::test_votes_look_like_gz2.
+FEATURED_LOGIT = (-2.8, 6.0, 2.0, -0.8)  # featured vs smooth, well resolved: offset, features, ellipticity; unresolved
+BAR_LOGIT = (-1.8, 7.5)                   # GZ2 bar yes: offset, bar visibility
+BAR_CUTS_DECALS = (0.08, 0.35)            # GZ DECaLS bar no / weak / strong, ordered on bar visibility
+SPIRAL_LOGIT = (-0.5, 7.0)                # has spiral arms yes: offset, arm visibility
+ODD_LOGIT = (-1.9, 6.5)                   # something odd yes: offset, disturbance / ring / dust lane
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -83,6 +90,8 @@ class Visibility:
     boxy: np.ndarray
     pitch_deg: np.ndarray
     n_arms: np.ndarray
+    resolved: np.ndarray         # how well the galaxy as a whole is seen: its size against the PSF, times S/N
+    ellipticity: np.ndarray      # 1 - axis ratio as seen through the PSF
 
 
 def visibility(g: Arrays, survey: Mapping[str, Any]) -> Visibility:
@@ -101,10 +110,12 @@ def visibility(g: Arrays, survey: Mapping[str, Any]) -> Visibility:
     sn_faint = sn_visibility(surface_sn(mag, re, depth, fwhm, dimmer_mag=2.5))  # tidal features
 
     disk = np.where(is_disk, (1 - bt) * resolution(scale_length, fwhm) * sn_outer, 0.0)
+    # Arms and bars are drawn in the disk light: a bright bulge dilutes their contrast in the image.
     arm_res = resolution(0.6 * re, fwhm)
-    arms = np.asarray(g["arm_amplitude"], float) * arm_res * sn_outer * face_on(cos_i, 0.25, 0.6)
+    arms = (np.asarray(g["arm_amplitude"], float) * arm_res * sn_outer * face_on(cos_i, 0.25, 0.6)
+            * np.sqrt(1 - bt))
     bar = (np.asarray(g["bar_strength"], float) * resolution(np.asarray(g["bar_length_arcsec"], float), fwhm)
-           * sn_inner * face_on(cos_i, 0.3, 0.65))
+           * sn_inner * face_on(cos_i, 0.3, 0.65) * (1 - 0.5 * bt))
     ring = (np.asarray(g["ring_strength"], float) * resolution(0.5 * re, fwhm) * sn_outer
             * face_on(cos_i, 0.3, 0.6))
     edge = sigmoid((np.degrees(np.arccos(cos_i)) - 75) / 3)
@@ -125,6 +136,7 @@ def visibility(g: Arrays, survey: Mapping[str, Any]) -> Visibility:
         boxy=(np.asarray(g["bar_strength"], float) * edge
               * resolution(np.asarray(g["bar_length_arcsec"], float), fwhm)),
         pitch_deg=np.asarray(g["arm_pitch_deg"], float), n_arms=np.asarray(g["n_arms"], float),
+        resolved=resolution(re, fwhm) * sn_inner, ellipticity=1 - q_obs,
     )
 
 
@@ -155,19 +167,25 @@ def question_probabilities(question: str, answers: tuple[str, ...], v: Visibilit
     n = len(v.featured)
     zero = np.zeros(n)
     if question == "smooth-or-featured":
-        p = softmax([zero, -3.3 + 7.5 * v.featured, -5.5 + 9.5 * v.artifact])
+        # What a volunteer sees: disk features, but also an elongated shape (an elliptical can pass for an
+        # inclined disk), and how well the galaxy is resolved above the noise: the less it is, the more the
+        # answers regress to an undecided "probably smooth" (the redshift bias of GZ2's raw votes).  So
+        # smooth galaxies get rho(smooth) ~0.7-0.95 by size, shape and S/N, not one value.
+        a, b, c, undecided = FEATURED_LOGIT
+        clear = a + b * v.featured + c * v.ellipticity
+        p = softmax([zero, v.resolved * clear + (1 - v.resolved) * undecided, -5.5 + 9.5 * v.artifact])
         return _pick(_named(p, ["smooth", "featured-or-disk", "artifact"]), answers)
     if question == "disk-edge-on":
         yes = np.clip(v.edge_on_disk, 0.01, 0.99)
         return _pick({"yes": yes, "no": 1 - yes}, answers)
     if question == "bar":
         if set(answers) == {"yes", "no"}:  # GZ2
-            yes = sigmoid(-3.0 + 7.5 * v.bar)
+            yes = sigmoid(BAR_LOGIT[0] + BAR_LOGIT[1] * v.bar)
             return _pick({"yes": yes, "no": 1 - yes}, answers)
-        p = ordinal(v.bar, [0.10, 0.40], 0.07)
+        p = ordinal(v.bar, list(BAR_CUTS_DECALS), 0.07)
         return _pick(_named(p, ["no", "weak", "strong"]), answers)
     if question == "has-spiral-arms":
-        yes = sigmoid(-2.4 + 7.5 * v.arms)
+        yes = sigmoid(SPIRAL_LOGIT[0] + SPIRAL_LOGIT[1] * v.arms)
         return _pick({"yes": yes, "no": 1 - yes}, answers)
     if question == "bulge-size":
         if "no-bulge" in answers:  # GZ2
@@ -195,7 +213,7 @@ def question_probabilities(question: str, answers: tuple[str, ...], v: Visibilit
         return _pick(_named(p, ["1", "2", "3", "4", "more-than-4", "cant-tell"]), answers)
     if question == "something-odd":
         odd = 1 - (1 - v.disturbance) * (1 - v.ring) * (1 - v.dust_lane)
-        yes = sigmoid(-3.0 + 6.5 * odd)
+        yes = sigmoid(ODD_LOGIT[0] + ODD_LOGIT[1] * odd)
         return _pick({"yes": yes, "no": 1 - yes}, answers)
     if question == "odd-feature":
         p = softmax([-1.0 + 6.0 * v.ring, zero - 3.5, -0.5 + 4.0 * v.disturbance * (1 - v.companion),

@@ -1,0 +1,147 @@
+"""The vote-count inputs of every model stage: which galaxies a question's model sees, and as what tensors.
+
+One model predicts the typical vote fraction rho of one answer (``train.questions.<q>.answer``) from two count
+columns of the shards written by ``gzmorph shards``: ``<q>_<answer>`` (k) and ``<q>_total-votes`` (N)
+(:class:`QuestionSpec`, :func:`question_spec`).  Galaxies are kept when N >= max(min_total_votes, 1)
+(:func:`keep_mask`, :func:`effective_cut`): the paper's cut (bar: N >= 10, Walmsley et al. 2020 §2.6), and
+N = 0 galaxies (question never asked) carry no information.  The same rule decides which galaxies ``gzmorph
+train`` trains and early-stops on, which test galaxies ``gzmorph predict`` and ``gzmorph evaluate`` use, and
+which galaxies active learning draws from.
+
+:func:`vote_dataset` is the tf.data reader of (uint8 image, float32 (k, N)) batches after the cut;
+:func:`count_galaxies` / :func:`require_galaxies` count what the cut leaves (:class:`NoGalaxiesError` when
+nothing).  Thread pools, seeds and dtype policy are in :mod:`gzmorph.runtime`; training in :mod:`gzmorph.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gzmorph.config import ConfigError, UserError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+class NoGalaxiesError(UserError):
+    """A split has no galaxy left after the vote cut."""
+
+
+@dataclass(frozen=True)
+class QuestionSpec:
+    """What one model learns: rho of ``answer`` for ``question``, from the (k, N) columns."""
+
+    question: str
+    answer: str
+    votes_column: str  # k: votes for the answer
+    total_column: str  # N: volunteers asked the question
+    min_total_votes: int
+    crop_mode: str
+    crop_zoom: tuple[float, float]
+
+    @property
+    def columns(self) -> tuple[str, str]:
+        return (self.votes_column, self.total_column)
+
+
+def question_spec(params: dict[str, Any], question: str, tree_name: str | None = None) -> QuestionSpec:
+    """The question's settings from ``train.questions``; column names from its decision tree.
+
+    ``tree_name`` defaults to the tree of ``train.survey``; pass the shards' tree to check that
+    the shards really hold the question.
+    """
+    from gzmorph.tree import get_tree
+
+    questions = params["train"]["questions"]
+    if question not in questions:
+        raise ConfigError(f"train.questions: no question {question!r}; configured: {', '.join(questions)}")
+    spec = questions[question]
+    if tree_name is None:
+        from gzmorph.config import active_surveys
+
+        tree_name = active_surveys(params)[params["train"]["survey"]]
+    tree = get_tree(tree_name)
+    if question not in tree.question_names:
+        raise ConfigError(f"question {question!r} is not in the {tree.name} tree of the shards")
+    q = tree.question(question)
+    return QuestionSpec(
+        question=question,
+        answer=str(spec["answer"]),
+        votes_column=q.column(str(spec["answer"])),
+        total_column=q.total_column,
+        min_total_votes=int(spec["min_total_votes"]),
+        crop_mode=str(spec["crop_mode"]),
+        crop_zoom=(float(spec["crop_zoom"][0]), float(spec["crop_zoom"][1])),
+    )
+
+
+def effective_cut(min_total_votes: int) -> int:
+    """Smallest N kept: N = 0 galaxies never saw the question, so they are dropped even with no cut."""
+    return max(int(min_total_votes), 1)
+
+
+def keep_mask(total_votes: Any, min_total_votes: int) -> Any:
+    """Boolean mask of galaxies to train on / evaluate (numpy or TF tensors alike)."""
+    return total_votes >= effective_cut(min_total_votes)
+
+
+def vote_dataset(shard_dir: str | Path, split: str, spec: QuestionSpec, batch_size: int, *,
+                 shuffle: bool = False, seed: int | None = None, with_ids: bool = False,
+                 threads: int | None = None, n_galaxies: int | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 image [B,R,R,3], float32 (k, N) [B,2]) (+ id_str) after the vote cut.
+
+    The reader shuffles, batches and parses whole batches in parallel; the cut is a vectorised
+    mask per batch, and ``rebatch`` restores full batches, so no per-galaxy Python or tf.data
+    element work is added.  ``n_galaxies`` (galaxies left after the cut, see
+    :func:`count_galaxies`) lets Keras show a progress bar with a known length.
+    """
+    import tensorflow as tf
+
+    from gzmorph.shards import make_dataset
+
+    def select(image: tf.Tensor, counts: tf.Tensor, *ids: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        keep = keep_mask(counts[:, 1], spec.min_total_votes)
+        return tuple(tf.boolean_mask(t, keep) for t in (image, counts, *ids))
+
+    ds = make_dataset(shard_dir, split, columns=spec.columns, batch_size=batch_size, shuffle=shuffle,
+                      seed=seed, with_ids=with_ids, counts_dtype="float32")
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
+    if n_galaxies is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_galaxies / batch_size)))
+    if threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = int(threads)
+        ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def count_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> tuple[int, int]:
+    """(galaxies in the split, galaxies kept by the cut): one pass reading only N (and raw image bytes)."""
+    from gzmorph.shards import make_dataset
+
+    total = kept = 0
+    # Small batches: the reader also parses the images, and a few large batches in flight would cost
+    # hundreds of MB (256 x 128 px galaxies are 12 MB).
+    for _, counts in make_dataset(shard_dir, split, columns=[spec.total_column], batch_size=256,
+                                  counts_dtype="int64").as_numpy_iterator():
+        total += len(counts)
+        kept += int(keep_mask(counts[:, 0], spec.min_total_votes).sum())
+    return total, kept
+
+
+def require_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> int:
+    """Galaxies left after the cut in ``split``; NoGalaxiesError when there are none."""
+    total, kept = count_galaxies(shard_dir, split, spec)
+    log.info("%s split: %d of %d galaxies have N(%s) >= %d", split, kept, total, spec.question,
+             effective_cut(spec.min_total_votes))
+    if kept == 0:
+        raise NoGalaxiesError(
+            f"{shard_dir}: no {split} galaxies left after the cut N({spec.question}) >= "
+            f"{effective_cut(spec.min_total_votes)} ({total} before the cut)")
+    return kept
