@@ -70,11 +70,32 @@ def test_negative_and_fractional_counts_rejected(tmp_path):
         catalog.load(write(tmp_path, df))
 
 
-def test_answers_must_sum_to_total(tmp_path):
+def test_total_above_its_answers_is_real_data_and_n_is_the_answer_sum(tmp_path):
+    """As GZ DECaLS ``merging``: the published total also counts answers retired during the campaign."""
     df = make_catalog()
-    df.loc[4, "bar_total-votes"] += 1
-    with pytest.raises(catalog.CatalogError, match=r"column 'bar_total-votes', row 4: total \d+ differs"):
-        catalog.load(write(tmp_path, df))
+    df.loc[[1, 4], "bar_total-votes"] += [30, 3]
+    loaded = catalog.load(write(tmp_path, df))
+    assert loaded["bar_total-votes"].tolist() == df["bar_total-votes"].tolist()  # kept as published
+    bar = GZ2.question("bar")
+    k, n = catalog.votes(loaded, GZ2, "bar", "yes")
+    np.testing.assert_array_equal(n, loaded["bar_yes"] + loaded["bar_no"])  # N = answer sum, not the total
+    np.testing.assert_array_equal(catalog.answer_sum(loaded, bar), n)
+    assert n.dtype == np.int64 and (n[[1, 4]] == loaded["bar_total-votes"].to_numpy()[[1, 4]] - [30, 3]).all()
+    excess = catalog.total_excess(loaded, GZ2)
+    assert excess["bar"] == {"rows": 2, "max_excess": 30}
+    assert all(e == {"rows": 0, "max_excess": 0} for q, e in excess.items() if q != "bar")
+
+
+def test_total_below_its_answers_fails(tmp_path):
+    df = make_catalog()
+    df.loc[:, "bar_yes"] = 4
+    df.loc[:, "bar_no"] = 3
+    df.loc[:, "bar_total-votes"] = 7
+    df.loc[4, "bar_total-votes"] = 6
+    path = write(tmp_path, df)
+    with pytest.raises(catalog.CatalogError) as info:
+        catalog.load(path)
+    assert str(info.value) == f"{path}: column 'bar_total-votes', row 4: total 6 is below the sum of its answers 7"
 
 
 def test_unreadable_file(tmp_path):

@@ -220,8 +220,9 @@ def _six_galaxies(rho: np.ndarray):
     Class-only predicts 0.3 / 0.9 (R4 is cut), the constant 0.5; the catalog lists T2 before T1.
     """
     catalog = pd.DataFrame({
-        "id_str": ["R1", "R2", "T2", "R3", "R4", "T1"], "survey": "sdss",
+        "id_str": ["R1", "R2", "T2", "R3", "R4", "T1"], "survey": "sdss", "tree": "gz2",
         "bar_total-votes": [10, 10, 10, 10, 3, 10],
+        "bar_yes": [2, 4, 5, 9, 0, 2], "bar_no": [8, 6, 5, 1, 3, 8],  # N (the answer sum) as the totals
         "truth_rho_bar_yes": [0.2, 0.4, 0.6, 0.9, 0.1, 0.1],
         "truth_morphology": ["smooth", "smooth", "disk", "disk", "disk", "smooth"],
         "truth_arm_amplitude": [0.0, 0.0, 0.35, 0.8, 0.8, 0.0],

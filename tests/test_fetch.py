@@ -20,6 +20,7 @@ from imitations.world import serve_world, simulate_surveys
 from PIL import Image
 
 from gzmorph import catalog, cli, config, fetch
+from gzmorph.tree import DECALS_DR5
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "params_tiny.yaml"
@@ -108,8 +109,21 @@ def test_fetch_both_surveys_through_the_imitations(world, simulated, tmp_path, m
     assert decals["in_catalog"] == len(simulated["decals"]) and decals["failed"] == 0
     assert decals["fallback"] == len(world.not_in_zips) > 0  # from the Legacy Survey
     assert len(world.legacysurvey.requests_to("cutout")) == len(world.not_in_zips)
-    vote_columns_equal(df, simulated["decals"])
+    # as published: the merging totals that count retired answers are kept, not "fixed" to the answer sum
+    vote_columns_equal(df, world.published["decals"])
     landed_images_are_sound(df, None)
+    excess = world.published["decals"]["merging_total-votes"] - catalog.answer_sum(
+        world.published["decals"], DECALS_DR5.question("merging"))
+    expected = {"rows": int((excess > 0).sum()), "max_excess": int(excess.max())}
+    assert expected["rows"] > 0 and expected["max_excess"] == 30
+    catalog_report = json.loads((tmp_path / "results/fetch/decals_catalog.json").read_text())
+    for report in (decals, catalog_report):
+        assert report["total_above_answers"]["merging"] == expected
+        assert report["total_above_answers"]["bar"] == {"rows": 0, "max_excess": 0}
+    chunk_reports = [json.loads((tmp_path / f"results/fetch/decals/chunk_{c}.json").read_text()) for c in range(2)]
+    assert sum(r["total_above_answers"]["merging"]["rows"] for r in chunk_reports) == expected["rows"]
+    assert max(r["total_above_answers"]["merging"]["max_excess"] for r in chunk_reports) == 30
+    assert all(e == {"rows": 0, "max_excess": 0} for e in sdss["total_above_answers"].values())  # GZ2: sums
     # PNGs from the zips are the published bytes
     truth = dict(zip(simulated["decals"]["id_str"], simulated["decals"]["file_loc"], strict=True))
     for id_str, loc in zip(df["id_str"], df["file_loc"], strict=True):

@@ -15,7 +15,6 @@ and a test split of 30 % so the disk row holds ~300 galaxies.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -240,6 +240,35 @@ def test_empty_split_reads_as_empty(tmp_path):
     assert list(shards.make_dataset(tmp_path / "out", "val")) == []
 
 
+def test_n_in_the_shards_is_the_answer_sum(tmp_path):
+    """A published total above its answers (GZ DECaLS ``merging``) reaches the likelihood as N = the answer sum."""
+    from gzmorph.catalog import answer_sum
+    from gzmorph.inputs import QuestionSpec, vote_dataset
+
+    df = make_catalog(tmp_path, 12, image_size=32)
+    bar = GZ2.question("bar")
+    df[bar.total_column] += np.arange(12) % 3 * 10  # published totals 0, 10 or 20 above the answers
+    df.loc[5, ["bar_yes", "bar_no"]] = 0  # answers retired: published total 20, N = 0
+    df.loc[5, bar.total_column] = 20
+    n = pd.Series(answer_sum(df, bar), index=df["id_str"])
+    out = tmp_path / "out"
+    manifest = shards.write_shards(df, out, tree=GZ2, resolution=RES, shard_size=50, seed=SEED,
+                                   fractions={"train": 1.0, "val": 0.0, "test": 0.0}, progress=False)
+    assert "answer counts" in manifest["features"]["<question>_total-votes"]
+    _, counts, ids = next(iter(shards.make_dataset(out, "train", columns=[bar.total_column], batch_size=50,
+                                                   with_ids=True, counts_dtype="int64")))
+    ids = [i.decode() for i in ids.numpy()]
+    np.testing.assert_array_equal(counts.numpy()[:, 0], n[ids])
+    assert (df.set_index("id_str").loc[ids, bar.total_column] > n[ids]).sum() == 8
+    # what the binomial loss sees: (k, N) with N the answer sum; N = 0 galaxies are cut although their total is 20
+    spec = QuestionSpec("bar", "yes", "bar_yes", bar.total_column, 0, "none", (1.0, 1.0))
+    _, kn, ids = next(iter(vote_dataset(out, "train", spec, 50, with_ids=True)))
+    ids = [i.decode() for i in ids.numpy()]
+    np.testing.assert_array_equal(kn.numpy()[:, 0], df.set_index("id_str").loc[ids, "bar_yes"])
+    np.testing.assert_array_equal(kn.numpy()[:, 1], n[ids])
+    assert set(ids) == set(n.index[n > 0]) and df.loc[5, "id_str"] not in ids
+
+
 # ----------------------------------------------------------------- command line
 
 
@@ -288,7 +317,7 @@ def test_cli_missing_catalog_is_one_clear_line(tmp_path):
 def test_cli_invalid_catalog_names_column_and_row(tmp_path):
     df = make_catalog(tmp_path, 10, image_size=32)
     col = GZ2.question("bar").total_column
-    df.loc[3, col] += 1
+    df.loc[3, "bar_yes"] += 1  # the total falls below its answers (above them would be real data)
     df.to_parquet(tmp_path / "cat.parquet")
     with pytest.raises(CatalogError) as err:
         _cli(["--params", str(_params(tmp_path)), "--catalog", str(tmp_path / "cat.parquet"),

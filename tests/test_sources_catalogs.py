@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from _fake_catalog import fake_votes
 
-from gzmorph.catalog import CatalogError, validate
+from gzmorph.catalog import CatalogError, answer_sum, total_excess, validate
+from gzmorph.catalog import votes as catalog_votes
 from gzmorph.sim.observe import iau_names
 from gzmorph.sources import gz2, gzdecals
 from gzmorph.tree import DECALS_DR5, GZ2
@@ -221,8 +222,13 @@ def test_gz2_filter_catalog_counts_what_each_filter_drops(tmp_path):
 
 
 def decals_text(rows: list[dict[str, float]], total_name: str = "total-votes",
-                blank: tuple[int, str] | None = None) -> str:
-    """A volunteers CSV: counts written as floats (``12.0``) and questions nobody answered left empty."""
+                blank: tuple[int, str] | None = None, totals: dict[tuple[int, str], int] | None = None) -> str:
+    """A volunteers CSV: counts written as floats (``12.0``) and questions nobody answered left empty.
+
+    Totals are the answer sums unless ``totals`` gives one for (1-based row, question), as the real
+    file's ``merging`` totals that also count answers retired during the campaign.
+    """
+    totals = totals or {}
     header = list(gzdecals.LEADING_COLUMNS)
     for q in DECALS_DR5.questions:
         header.append(f"{q.name}_{total_name}")
@@ -233,7 +239,7 @@ def decals_text(rows: list[dict[str, float]], total_name: str = "total-votes",
         cells = {"iauname": name, "ra": votes["ra"], "dec": votes["dec"], "redshift": 0.03, "png_loc":
                  f"/raid/decals/dr5/png/{name[:4]}/{name}.png"}
         for q in DECALS_DR5.questions:
-            total = sum(votes.get(c, 0) for c in q.answer_columns)
+            total = totals.get((r, q.name), sum(votes.get(c, 0) for c in q.answer_columns))
             if total == 0:
                 continue  # never asked: empty cells, as in the real file
             cells[f"{q.name}_{total_name}"] = f"{total:.1f}"
@@ -285,14 +291,65 @@ def test_read_volunteers_accepts_schema_md_total_names(tmp_path):
 @pytest.mark.parametrize(("blank", "message"), [
     ((1, "bar_weak"), "column 'bar_weak', row 1: nan is empty although the question has 27 votes"),
     ((2, "iauname"), "column 'iauname', row 2: nan is not an IAU name"),
-    # A total left empty while its answers hold votes: the sums disagree.
-    ((1, "bar_total-votes"), "column 'bar_total-votes', row 1: nan differs from the sum of its answers 27"),
+    # A total left empty while its answers hold votes: it cannot be below them.
+    ((1, "bar_total-votes"), "column 'bar_total-votes', row 1: nan is empty although its answers hold 27 votes"),
 ])
 def test_volunteers_empty_cells_that_are_errors(tmp_path, blank, message):
     path = write(tmp_path / "v.csv", decals_text(DECALS_ROWS, blank=blank))
     with pytest.raises(CatalogError) as err:
         gzdecals.read_volunteers(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+# Shaped like rows of the real gz_decals_volunteers_5: the merging answers sum to 32 in row 3, and its
+# published total, 35, also counts votes for answers retired during the campaign (excesses up to ~30 occur).
+REAL_ROWS = DECALS_ROWS + [
+    {"iauname": "J101010.10+101010.1", "ra": 152.542, "dec": 10.169, "smooth-or-featured_smooth": 20,
+     "smooth-or-featured_featured-or-disk": 15, "disk-edge-on_no": 15, "bar_no": 15, "has-spiral-arms_no": 15,
+     "bulge-size_moderate": 15, "how-rounded_in-between": 20, "merging_none": 25, "merging_minor-disturbance": 5,
+     "merging_major-disturbance": 1, "merging_merger": 1},
+]
+REAL_TOTALS = {(1, "merging"): 73, (3, "merging"): 35}  # row 1: answers 43, published total 73 (+30)
+
+
+@pytest.mark.parametrize("total_name", ["total-votes", "total"])
+def test_volunteers_totals_above_their_answers_are_kept_and_counted(tmp_path, total_name):
+    path = write(tmp_path / "gz_decals_volunteers_5.csv", decals_text(REAL_ROWS, total_name, totals=REAL_TOTALS))
+    cat = gzdecals.to_canonical(gzdecals.read_volunteers(path), survey="decals", path=str(path))
+    assert validate(cat, str(path)) is DECALS_DR5
+    merging = DECALS_DR5.question("merging")
+    assert cat["merging_total-votes"].tolist() == [73, 5, 35]  # as published
+    np.testing.assert_array_equal(answer_sum(cat, merging), [43, 5, 32])  # N of the likelihood
+    k, n = catalog_votes(cat, DECALS_DR5, "merging", "merger")
+    assert k.tolist() == [3, 0, 1] and n.tolist() == [43, 5, 32]
+    excess = total_excess(cat, DECALS_DR5)
+    assert excess["merging"] == {"rows": 2, "max_excess": 30}
+    assert all(e == {"rows": 0, "max_excess": 0} for q, e in excess.items() if q != "merging")
+    # the real layout written back keeps the published totals
+    back = gzdecals.to_canonical(gzdecals.read_volunteers(write(tmp_path / "again.csv", gzdecals.from_canonical(
+        cat).to_csv(index=False))), survey="decals")
+    assert back["merging_total-votes"].tolist() == [73, 5, 35]
+
+
+def test_volunteers_total_below_its_answers_names_file_row_and_column(tmp_path):
+    path = write(tmp_path / "gz_decals_volunteers_5.csv", decals_text(REAL_ROWS, totals={(3, "merging"): 30}))
+    with pytest.raises(CatalogError) as err:
+        gzdecals.read_volunteers(path)
+    assert str(err.value) == f"{path}: column 'merging_total-votes', row 3: 30.0 is below the sum of its answers 32"
+    path = write(tmp_path / "schema.csv", decals_text(REAL_ROWS, "total", totals={(3, "merging"): 30}))
+    with pytest.raises(CatalogError, match=r"column 'merging_total', row 3: 30.0 is below the sum of its answers 32"):
+        gzdecals.read_volunteers(path)
+
+
+def test_decals_filter_cuts_on_the_answer_sum(tmp_path):
+    totals = {**REAL_TOTALS, (2, "smooth-or-featured"): 12}  # row 2: 5 answers, published total 12
+    path = write(tmp_path / "v.csv", decals_text(REAL_ROWS, totals=totals))
+    cat = gzdecals.to_canonical(gzdecals.read_volunteers(path), survey="decals")
+    kept, dropped = gzdecals.filter_catalog(cat, min_total_votes=10)
+    assert kept["id_str"].tolist() == ["J094632.40+005103.6", "J101010.10+101010.1"]
+    assert dropped == {"sample": 0, "min_total_votes": 1}
+    kept, _ = gzdecals.filter_catalog(cat, min_total_votes=33, question="merging")  # N 43, 5, 32; published 73, 5, 35
+    assert kept["id_str"].tolist() == ["J094632.40+005103.6"]
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
@@ -359,5 +416,7 @@ def test_decals_filter_catalog(tmp_path):
     assert kept["id_str"].tolist() == ["J094632.40+005103.6"] and dropped == {"sample": 0, "min_total_votes": 1}
     kept, dropped = gzdecals.filter_catalog(cat, min_total_votes=1, question="how-rounded")
     assert len(kept) == 2 and dropped == {"sample": 0, "min_total_votes": 0}
-    with pytest.raises(CatalogError, match="column 'no-such_total-votes': required column is missing"):
+    with pytest.raises(CatalogError, match="tree 'decals-dr5' has no question 'no-such'"):
         gzdecals.filter_catalog(cat, min_total_votes=1, question="no-such")
+    with pytest.raises(CatalogError, match="column 'bar_weak': required column is missing"):
+        gzdecals.filter_catalog(cat.drop(columns=["bar_weak"]), min_total_votes=1, question="bar")

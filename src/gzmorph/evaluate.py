@@ -557,18 +557,19 @@ def learnability(params: Mapping[str, Any], question: str, predictions: pd.DataF
         table = learnability_table(nan, dict.fromkeys(("model", "t1", "class_only", "constant", "floor"), nan),
                                    learnability_groups(g))
         return Learnability(table, False, cut, 0)
-    from gzmorph.catalog import rho_column
+    from gzmorph.catalog import answer_sum, rho_column
+    from gzmorph.tree import get_tree
 
     answer = predictions.attrs.get("answer") or str(params["train"]["questions"][question]["answer"])
-    total_column = predictions.attrs.get("total_column") or f"{question}_total-votes"
     ids = predictions["id_str"].astype(str)
     cat_ids = catalog_df["id_str"].astype(str)
     ref_rho = catalog_df[rho_column(question, answer)].to_numpy(float)
     reference = ~cat_ids.isin(set(ids)).to_numpy() & np.isfinite(ref_rho)
-    if total_column in catalog_df.columns:
-        reference &= catalog_df[total_column].to_numpy() >= cut
+    tree = get_tree(str(catalog_df["tree"].iloc[0])) if "tree" in catalog_df.columns and len(catalog_df) else None
+    if tree is not None and question in tree.question_names:
+        reference &= answer_sum(catalog_df, tree.question(question)) >= cut  # N as the model saw it
     else:
-        log.warning("learnability: catalog has no %s column; reference galaxies not cut on N", total_column)
+        log.warning("learnability: catalog has no %s votes; reference galaxies not cut on N", question)
     if not reference.any():
         log.warning("learnability: no catalog galaxies outside the predictions pass N >= %d; "
                     "class-only and constant predictors are NaN", cut)

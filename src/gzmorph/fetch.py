@@ -11,6 +11,10 @@ Sub-commands, one per Snakemake rule (``workflow/rules/fetch.smk``):
 - ``gather``: join the chunks into ``data/catalogs/<survey>.parquet`` and a fetch report.
 - ``estimate``: print files, bytes and expected time before fetching anything big.
 
+Published totals above the sum of their answers (GZ DECaLS ``merging``, see :mod:`gzmorph.catalog`) are kept;
+the catalog, chunk and gather reports count them per question under ``total_above_answers``
+(``{question: {"rows": ..., "max_excess": ...}}``, from :func:`gzmorph.catalog.total_excess`).
+
 Images land in ``data/real/<survey>/images/<chunk>/`` one atomic write at a time and are never declared
 as a rule's output, so an interrupted or failed job keeps them and its re-run fetches only what is missing.
 """
@@ -179,12 +183,21 @@ def run_catalog(args: argparse.Namespace) -> None:
     df, stats = read_catalog(params, args.survey, Path(args.downloads), progress=not args.no_progress)
     df = add_petrosian_radii(df, params, spec)
     df["chunk"] = deal_chunks(len(df), params["real"]["chunks"])
-    catalog.validate(df, args.out)
+    tree = catalog.validate(df, args.out)
     write_parquet(args.out, df)
-    stats.update(galaxies=len(df), chunks=params["real"]["chunks"])
+    stats.update(galaxies=len(df), chunks=params["real"]["chunks"], total_above_answers=catalog.total_excess(df, tree))
     write_json(args.report, stats)
     log.info("%s: %d galaxies in %d chunks (read %d rows from %s; dropped %s)", args.survey, len(df),
              params["real"]["chunks"], stats["rows"], stats["source"], stats["dropped"])
+    log_total_excess(args.survey, stats["total_above_answers"])
+
+
+def log_total_excess(what: str, excess: dict[str, dict[str, int]]) -> None:
+    """One info line naming the questions whose published totals exceed their answer sums, if any."""
+    over = {q: e for q, e in excess.items() if e["rows"]}
+    if over:
+        log.info("%s: published totals above the answer sum (kept; N = the answer sum): %s", what,
+                 ", ".join(f"{q} {e['rows']} rows (max +{e['max_excess']})" for q, e in over.items()))
 
 
 # --------------------------------------------------------------------------- archives (Zenodo zips)
@@ -417,12 +430,14 @@ def run_images(args: argparse.Namespace) -> None:
     df = catalog.load(args.catalog)
     if "chunk" not in df.columns:
         raise UserError(f"{args.catalog}: column 'chunk' is missing; make the catalog with `gzmorph fetch catalog`")
+    tree = catalog.validate(df.iloc[:1], args.catalog)  # load checked every row; this names the tree
     rows = df[df["chunk"] == args.chunk].reset_index(drop=True)
     images_dir = REAL_DIR / args.survey / "images" / f"{args.chunk:04d}" if args.images is None else Path(args.images)
     fetched, bad, report = fetch_chunk(params, args.survey, rows, images_dir,
                                        archive_paths=archive_paths(args.archives),
                                        progress=not args.no_progress)
     report["chunk"] = args.chunk
+    report["total_above_answers"] = catalog.total_excess(rows, tree)
     write_parquet(args.quarantine, bad)
     write_parquet(args.out, fetched)
     write_json(args.report, report)
@@ -458,12 +473,14 @@ def run_gather(args: argparse.Namespace) -> None:
     from gzmorph.io import write_json, write_parquet
 
     df, bad, summary = gather(args.chunks, args.quarantines, args.reports)
-    catalog.validate(df, args.out)
+    tree = catalog.validate(df, args.out)
     write_parquet(args.quarantine, bad)
     write_parquet(args.out, df)
     summary["survey"] = args.survey
+    summary["total_above_answers"] = catalog.total_excess(df, tree)  # of the galaxies in the catalog
     write_json(args.report, summary)
     log.info("%s: %d of %d galaxies have images", args.survey, len(df), summary["galaxies"])
+    log_total_excess(args.survey, summary["total_above_answers"])
     if len(bad):
         log.warning("%s: %d galaxies quarantined (%s); the pipeline continues without them, see %s",
                     args.survey, len(bad), summary["failure_reasons"], args.quarantine)

@@ -5,7 +5,10 @@ Layout of ``<out>/``:
 - ``<split>-<index:05d>.tfrecord``: one ``tf.train.Example`` per galaxy with
   ``image`` (raw uint8 bytes, resolution x resolution x 3, row-major),
   ``image_shape`` (int64 [3]), ``id_str`` (bytes) and one int64 feature per vote
-  column of the catalog's decision tree, named like the column;
+  column of the catalog's decision tree, named like the column.  A question's
+  ``<question>_total-votes`` feature is N, the sum of its answer counts
+  (:func:`gzmorph.catalog.answer_sum`): what the likelihood and the vote cuts use, which
+  can be less than the catalog's published total (GZ DECaLS ``merging``);
 - ``manifest.json``: tree, resolution, columns, seed, shard size, split fractions and
   per split the galaxy count and shard files.  Written last: it marks a complete run;
 - ``quarantine.parquet``: ``id_str, file_loc, reason`` of every galaxy whose image
@@ -346,6 +349,8 @@ def build_manifest(results: Sequence[ShardResult], *, tree: str, columns: Sequen
             SHAPE_KEY: "int64 [3]: resolution, resolution, channels",
             ID_KEY: "bytes: utf-8 id_str",
             "<column>": "int64: vote count, one feature per entry of 'columns'",
+            "<question>_total-votes": "int64: N, the sum of the question's answer counts (the catalog's "
+                                      "published total can be larger)",
         },
         "seed": seed,
         "split_fractions": {s: float(fractions[s]) for s in splitting.SPLITS},
@@ -355,6 +360,17 @@ def build_manifest(results: Sequence[ShardResult], *, tree: str, columns: Sequen
         "n_quarantined": n_quarantined,
         "splits": splits,
     }
+
+
+def model_counts(block: np.ndarray, columns: Sequence[str], tree: DecisionTree) -> np.ndarray:
+    """Catalog counts [G, len(columns)] with each question's total replaced by N, its answer sum."""
+    from gzmorph.catalog import answer_sum
+
+    by_column = dict(zip(columns, block.T, strict=True))
+    out = block.copy()
+    for q in tree.questions:
+        out[:, list(columns).index(q.total_column)] = answer_sum(by_column, q)
+    return out
 
 
 def write_shards(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, tree: DecisionTree, resolution: int,
@@ -396,7 +412,8 @@ def write_shards(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, tree: Dec
 
             decoded = iter(decoder)
             for plan in plans:
-                counts = df.iloc[plan.rows, vote_cols].to_numpy(np.int64)  # this shard's rows only
+                # this shard's rows only; totals as N (answer sums)
+                counts = model_counts(df.iloc[plan.rows, vote_cols].to_numpy(np.int64), columns, tree)
                 written = 0
                 with _atomic_shard(out / shard_name(plan.split, plan.index)) as writer:
                     for row, r in enumerate(plan.rows.tolist()):

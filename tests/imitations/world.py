@@ -4,6 +4,9 @@
 DECaLS-like one with IAU names), writes them in the published formats (Hart16 CSV, GZ DECaLS volunteers CSV,
 PNG zips in the ``J###/<iauname>.png`` layout) and serves them from imitations of SkyServer, Zenodo, the
 Legacy Survey viewer and a plain file host.  ``World.real_params()`` is the ``real:`` section pointing at them.
+
+As in the real ``gz_decals_volunteers_5``, some published ``merging`` totals exceed the sum of the listed
+answers (:func:`with_retired_answer_votes`); ``World.published`` holds the catalogs as served.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from gzmorph.sources import gz2, gzdecals
@@ -24,6 +28,23 @@ from imitations.zenodo import ZenodoImitation, make_png_zip
 
 RECORD = 4573248
 CATALOG_FILE = "gz_decals_volunteers_5.csv"
+
+
+# Excesses cycled over every RETIRED_EVERY-th DECaLS galaxy; the real file has up to ~30.
+RETIRED_EXCESS = (3, 30, 1, 12)
+RETIRED_EVERY = 3
+
+
+def with_retired_answer_votes(decals: pd.DataFrame, question: str = "merging") -> pd.DataFrame:
+    """A copy whose ``question`` totals also count votes for answers no longer listed (real GZ DECaLS)."""
+    out = decals.copy()
+    col = f"{question}_total-votes"
+    rows = np.arange(0, len(out), RETIRED_EVERY)
+    excess = np.resize(np.array(RETIRED_EXCESS, dtype=np.int64), len(rows))
+    values = out[col].to_numpy(np.int64).copy()
+    values[rows] += excess
+    out[col] = values
+    return out
 
 
 class FileHost(Imitation):
@@ -65,6 +86,7 @@ class World:
     legacysurvey: LegacySurveyImitation
     files: FileHost
     not_in_zips: list[str]        # DECaLS galaxies left out of the zips (the fallback must fetch them)
+    published: dict[str, pd.DataFrame]  # the canonical catalogs as served (DECaLS with retired-answer votes)
 
     @property
     def services(self) -> list[Imitation]:
@@ -131,6 +153,7 @@ def write_world_files(sdss: pd.DataFrame, decals: pd.DataFrame, directory: Path,
 @contextlib.contextmanager
 def serve_world(sdss: pd.DataFrame, decals: pd.DataFrame, directory: Path, **kw: Any) -> Iterator[World]:
     """Start the four imitations for the two catalogs; stop them on exit."""
+    decals = with_retired_answer_votes(decals)
     host_files, record_files, not_in_zips = write_world_files(sdss, decals, directory, **kw)
     sky = _image_table(sdss)
     sky["dr7objid"] = sdss["id_str"].astype("int64").to_numpy()
@@ -143,5 +166,6 @@ def serve_world(sdss: pd.DataFrame, decals: pd.DataFrame, directory: Path, **kw:
             legacysurvey=stack.enter_context(LegacySurveyImitation(_image_table(decals))),
             files=stack.enter_context(FileHost(host_files)),
             not_in_zips=not_in_zips,
+            published={"sdss": sdss, "decals": decals},
         )
         yield world

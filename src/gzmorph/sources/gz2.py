@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from astropy.coordinates import Angle
 
-from gzmorph.catalog import CatalogError, validate
-from gzmorph.tree import GZ2, TOTAL_SUFFIX, Question
+from gzmorph.catalog import CatalogError, answer_sum, validate
+from gzmorph.tree import GZ2, DecisionTree, Question
 
 LEADING_COLUMNS = ("dr7objid", "ra", "dec", "rastring", "decstring", "sample", "gz2_class",
                    "total_classifications", "total_votes")
@@ -158,9 +158,10 @@ def to_canonical(raw: pd.DataFrame, *, survey: str, path: str = "<gz2>") -> pd.D
         "file_loc": np.full(n, "", dtype=object),
     }
     for q in GZ2.questions:
-        answers = [raw[f"{_stem(q, i)}_count"].to_numpy() for i in range(len(q.answers))]
-        out[q.total_column] = np.sum(np.stack(answers), axis=0)
-        out.update(zip(q.answer_columns, answers, strict=True))
+        answers = dict(zip(q.answer_columns, (raw[f"{_stem(q, i)}_count"].to_numpy() for i in range(len(q.answers))),
+                           strict=True))
+        out[q.total_column] = answer_sum(answers, q)  # Hart16 publishes no per-task total
+        out.update(answers)
     if "sample" in raw.columns:
         out["sample"] = raw["sample"].astype(str).to_numpy()
     df = pd.DataFrame(out)
@@ -208,7 +209,7 @@ def from_canonical(df: pd.DataFrame) -> pd.DataFrame:
         "total_votes": np.sum(np.stack([counts[c] for c in GZ2.answer_columns]), axis=0),
     }
     for q in FILE_QUESTIONS:
-        total = counts[q.total_column]
+        total = answer_sum(counts, q)  # Hart16 fractions are over the task's answers
         for i, col in enumerate(q.answer_columns):
             count = counts[col]
             fraction = np.round(np.divide(count, total, out=np.zeros(n), where=total > 0), 3)
@@ -225,15 +226,21 @@ def from_canonical(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def filter_catalog(df: pd.DataFrame, *, samples: Sequence[str] | None, min_total_votes: int,
-                   question: str = "smooth-or-featured") -> tuple[pd.DataFrame, dict[str, int]]:
-    """Rows in ``samples`` (None = all) with at least ``min_total_votes`` for ``question``.
+                   question: str = "smooth-or-featured", tree: DecisionTree = GZ2
+                   ) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows in ``samples`` (None = all) with N >= ``min_total_votes`` for ``question``.
 
-    Returns the kept rows (new index) and how many rows each filter dropped; a row failing both
+    N is the sum of the question's answers (:func:`gzmorph.catalog.answer_sum`), as in the training
+    cut.  Returns the kept rows (new index) and how many rows each filter dropped; a row failing both
     counts under ``sample`` only, so the numbers add up to the rows removed.
     """
-    total_col = f"{question}_{TOTAL_SUFFIX}"
-    if total_col not in df.columns:
-        raise _missing("<catalog>", total_col)
+    try:
+        q = tree.question(question)
+    except KeyError as exc:
+        raise CatalogError(f"<catalog>: {exc.args[0]}") from None
+    for col in q.answer_columns:
+        if col not in df.columns:
+            raise _missing("<catalog>", col)
     in_sample = np.ones(len(df), dtype=bool)
     if samples is not None:
         wanted = [samples] if isinstance(samples, str) else list(samples)
@@ -243,7 +250,7 @@ def filter_catalog(df: pd.DataFrame, *, samples: Sequence[str] | None, min_total
         if "sample" not in df.columns:
             raise _missing("<catalog>", "sample", " (needed to filter by sample)")
         in_sample = df["sample"].isin(wanted).to_numpy(dtype=bool)
-    enough = pd.to_numeric(df[total_col]).to_numpy() >= min_total_votes
+    enough = answer_sum(df, q) >= min_total_votes
     keep = in_sample & enough
     dropped = {"sample": int((~in_sample).sum()), "min_total_votes": int((in_sample & ~enough).sum())}
     return df.loc[keep].reset_index(drop=True), dropped

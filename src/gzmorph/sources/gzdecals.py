@@ -3,7 +3,9 @@
 The real file has 13 leading columns, then per question ``<q>_total-votes`` and per answer
 ``<q>_<a>``, ``<q>_<a>_fraction``, ``<q>_<a>_debiased``.  Counts may be written as floats
 (``12.0``) and are empty for questions a galaxy was never asked.  The record's schema.md
-calls the totals ``<q>_total``; both spellings are read.
+calls the totals ``<q>_total``; both spellings are read.  A total may exceed the sum of its
+answers (``merging``: votes for answers retired during the campaign); it is kept as published,
+and N downstream is the answer sum (see :mod:`gzmorph.catalog`).  A total below its answers stops.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gzmorph.catalog import CatalogError, validate
+from gzmorph.catalog import CatalogError, answer_sum, validate
 from gzmorph.sources import gz2
 from gzmorph.tree import DECALS_DR5
 
@@ -111,8 +113,8 @@ def read_volunteers(path: str | os.PathLike[str]) -> pd.DataFrame:
 
     counts: dict[str, np.ndarray] = {}
     for q in DECALS_DR5.questions:
-        total, _ = _parse_votes(df[q.total_column], where, back.get(q.total_column, q.total_column))
-        answer_sum = np.zeros(len(df), dtype=np.int64)
+        total_name = back.get(q.total_column, q.total_column)
+        total, total_empty = _parse_votes(df[q.total_column], where, total_name)
         for col in q.answer_columns:
             k, empty = _parse_votes(df[col], where, col)
             # An empty answer only means 0 where the question was not asked; with votes cast it is lost data.
@@ -122,12 +124,14 @@ def read_volunteers(path: str | os.PathLike[str]) -> pd.DataFrame:
                 raise _cell_error(where, col, i + 1, df[col].iloc[i],
                                   f"is empty although the question has {total[i]} votes")
             counts[col] = k
-            answer_sum += k
-        mismatch = answer_sum != total
-        if mismatch.any():
-            i = int(np.flatnonzero(mismatch)[0])
-            raise _cell_error(where, back.get(q.total_column, q.total_column), i + 1, df[q.total_column].iloc[i],
-                              f"differs from the sum of its answers {answer_sum[i]}")
+        n = answer_sum(counts, q)
+        # A total above its answers is real (retired answers) and kept; below them it is impossible.
+        below = total < n
+        if below.any():
+            i = int(np.flatnonzero(below)[0])
+            what = (f"is empty although its answers hold {n[i]} votes" if total_empty[i]
+                    else f"is below the sum of its answers {n[i]}")
+            raise _cell_error(where, total_name, i + 1, df[q.total_column].iloc[i], what)
         counts[q.total_column] = total
     return df.assign(**counts)
 
@@ -201,5 +205,6 @@ def from_canonical(df: pd.DataFrame) -> pd.DataFrame:
 
 def filter_catalog(df: pd.DataFrame, *, min_total_votes: int,
                    question: str = "smooth-or-featured") -> tuple[pd.DataFrame, dict[str, int]]:
-    """Rows with at least ``min_total_votes`` for ``question``; same return shape as the GZ2 filter."""
-    return gz2.filter_catalog(df, samples=None, min_total_votes=min_total_votes, question=question)
+    """Rows with N >= ``min_total_votes`` for ``question``; same return shape as the GZ2 filter."""
+    return gz2.filter_catalog(df, samples=None, min_total_votes=min_total_votes, question=question,
+                              tree=DECALS_DR5)
