@@ -14,6 +14,13 @@ chunk, three ways, each into a fresh directory:
   pages instead of images (those galaxies fail and are quarantined, as they should);
 - re-run: the faulted run again with the faults gone (it must fetch only the failed galaxies).
 
+``sdss_zenodo`` is Galaxy Zoo 2 with ``images: zenodo`` (record 3565489 imitated: ``images_gz2.zip`` and
+``gz2_filename_mapping.csv``, SkyServer cutouts as the fallback for the galaxies without an asset).  Each of its
+runs starts from an empty download directory and is timed end to end: list the record, download the mapping
+and the zip, join, extract and check the JPEGs, fetch the fallback cutouts.  Its faults are one each of 502 on
+the record listing, 429 with Retry-After: 1, a truncated body and a 503 on the zip, a corrupt (wrong-md5)
+mapping download, plus ``--fault-rate`` of the fallback cutouts as above.  Its re-run must download nothing.
+
 "Corrupt files landed" compares every image that landed with the clean run's bytes (the imitations are
 deterministic), and checks that it decodes: it must be 0.
 """
@@ -86,7 +93,9 @@ def main() -> None:
     ap.add_argument("--fault-rate", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=4, help="real.threads_per_chunk")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--surveys", default="sdss,decals,sdss_zenodo", help="comma-separated runs to make")
     args = ap.parse_args()
+    runs = args.surveys.split(",")
 
     import json
 
@@ -122,6 +131,8 @@ def main() -> None:
             rng = random.Random(args.seed)
             results = {}
             for survey, archives in (("sdss", None), ("decals", zips)):
+                if survey not in runs:
+                    continue
                 rows = sim[survey].copy()
                 rows["chunk"] = 0
                 if survey == "sdss":
@@ -150,7 +161,80 @@ def main() -> None:
                     "rerun_s": round(t_rerun, 2),
                     "corrupt_files_landed": corrupt_landed(fault_dir, clean_dir),
                 }
+            if "sdss_zenodo" in runs:
+                results["sdss_zenodo"] = bench_gz2_zenodo(world, params, sim["sdss"], tmp, args.fault_rate, rng)
         print(json.dumps(results, indent=2))
+
+
+def run_gz2_zenodo(params: dict, world, truth, workdir: Path) -> tuple[dict, float, float]:
+    """Record listing, downloads, join, then the images of one chunk: (report, download s, total s)."""
+    from gzmorph import fetch
+    from gzmorph.sources import gz2images, zenodo
+
+    spec = params["real"]["surveys"]["sdss"]
+    settings = fetch.http_settings(params)
+    start = time.perf_counter()
+    session = fetch.session_for(params, "zenodo")
+    files = zenodo.select(fetch.record_files(params, spec, session, settings),
+                          [spec["mapping_file"], *spec["image_files"]])
+    for f in files:
+        zenodo.download_file(session, f, workdir / "downloads", settings=settings, progress=False)
+    downloaded = time.perf_counter() - start
+    rows = truth.copy()
+    rows["chunk"] = 0
+    rows["petro_r90_arcsec"] = rows["truth_petro_r90_arcsec"]
+    rows[gz2images.ASSETS_COLUMN], _ = gz2images.assign_assets(
+        rows, gz2images.read_mapping(workdir / "downloads" / spec["mapping_file"]))
+    zips = [workdir / "downloads" / f.key for f in files if f.key != spec["mapping_file"]]
+    _, _, report = fetch.fetch_chunk(params, "sdss", rows, workdir / "images", archive_paths=zips, progress=False)
+    return report, downloaded, time.perf_counter() - start
+
+
+def bench_gz2_zenodo(world, params: dict, truth, tmp: Path, fault_rate: float, rng: random.Random) -> dict:
+    import copy
+    import hashlib
+
+    from imitations.world import GZ2_MAPPING, GZ2_ZIP
+
+    params = copy.deepcopy(params)
+    params["real"]["surveys"]["sdss"].update(
+        {k: v for k, v in world.real_params(gz2_images="zenodo")["surveys"]["sdss"].items()
+         if k in ("images", "zenodo_record", "image_files", "mapping_file", "fallback")})
+
+    def content_requests() -> int:
+        return len(world.zenodo.requests_to(r"/files/(images_gz2\.zip|gz2_filename_mapping\.csv)/content$"))
+
+    clean, _, t_clean = run_gz2_zenodo(params, world, truth, tmp / "gz2_clean")
+    zen = world.zenodo
+    taken_before = world.faults_taken()
+    zen.inject("status", match="/api/records/3565489", code=502)
+    zen.inject("status", match=GZ2_ZIP, code=429, retry_after=1)
+    zen.inject("truncate", match=GZ2_ZIP)
+    zen.inject("status", match=GZ2_ZIP, code=503)
+    zen.inject("corrupt", match=GZ2_MAPPING)
+    spoiled = 5 + inject_faults(world.skyserver, "getjpeg", clean["fallback"], fault_rate, rng)
+    faulty, t_download, t_faults = run_gz2_zenodo(params, world, truth, tmp / "gz2_faults")
+    taken = world.faults_taken() - taken_before
+    leftover = sum(s.pending_faults() for s in world.services)
+    for s in world.services:
+        s._faults.clear()
+    n_content = content_requests()
+    rerun, _, t_rerun = run_gz2_zenodo(params, world, truth, tmp / "gz2_faults")
+    landed_md5_ok = all(
+        hashlib.md5(p.read_bytes()).hexdigest() == zen.checksum(p.name).removeprefix("md5:")
+        for p in (tmp / "gz2_faults" / "downloads").iterdir() if p.name in (GZ2_ZIP, GZ2_MAPPING))
+    return {
+        "galaxies": len(truth), "from_zip": clean["fetched"], "fallback_cutouts": clean["fallback"],
+        "clean_galaxies_per_s": round(len(truth) / t_clean, 1), "clean_s": round(t_clean, 2),
+        "faults_injected": taken, "requests_spoiled": spoiled, "faults_not_reached": leftover,
+        "faults_galaxies_per_s": round(len(truth) / t_faults, 1), "faults_s": round(t_faults, 2),
+        "faults_download_s": round(t_download, 2), "ratio_faults_vs_clean": round(t_clean / t_faults, 2),
+        "failed_then_quarantined": faulty["failed"], "failure_reasons": faulty["failure_reasons"],
+        "rerun_fetched": rerun["fetched"] + rerun["fallback"], "rerun_failed": rerun["failed"],
+        "rerun_downloads": content_requests() - n_content, "rerun_s": round(t_rerun, 2),
+        "downloads_match_md5": landed_md5_ok,
+        "corrupt_files_landed": corrupt_landed(tmp / "gz2_faults" / "images", tmp / "gz2_clean" / "images"),
+    }
 
 
 if __name__ == "__main__":

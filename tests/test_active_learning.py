@@ -268,14 +268,16 @@ def test_train_and_active_learning_share_fit(tiny, tmp_path, monkeypatch):
     params = tiny["params"]
     with pytest.raises(_FitCalled):
         train.train(params, QUESTION, tiny["shards"], tmp_path / "m.keras", tmp_path / "h.csv", progress=False)
-    assert calls[-1][0] == train.fit_settings(params, "train")
+    assert calls[-1][0] == train.fit_settings(params, "train", QUESTION)
     assert calls[-1][2]["checkpoint"] == tmp_path / "m.keras" and calls[-1][2]["history"] == tmp_path / "h.csv"
 
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
-    data = al.Split(rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8), np.array([str(i) for i in range(20)]),
-                    np.full(20, 3.0, np.float32), np.full(20, 10.0, np.float32))
+    data = tf.data.Dataset.from_tensor_slices((rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8),
+                                               np.tile(np.float32([3, 10]), (20, 1))))
     with pytest.raises(_FitCalled):
-        al._train_model(params, question_spec(params, QUESTION), 32, 0, data, data)
+        al._train_model(params, question_spec(params, QUESTION), 32, 0, data, 20, data.batch(8))
     settings, steps, _ = calls[-1]
     assert settings == train.fit_settings(params, "active_learning") != train.fit_settings(params, "train")
     assert steps == max(-(-20 // params["active_learning"]["batch_size"]),
@@ -303,6 +305,48 @@ def test_mc_rho_runs_predicts_passes(monkeypatch):
     np.testing.assert_allclose(rho[0], [0, 0.001, 0.002], atol=1e-7)
     np.testing.assert_allclose(rho[-1], [0.006, 0.007, 0.008], atol=1e-7)
     assert al.mc_rho(object(), np.zeros((0, 2, 2, 3), np.uint8), 3).shape == (0, 3)
+
+
+def test_pool_index_holds_no_images_and_streams_filter_by_id(tiny):
+    """The pool in memory is ids, k and N only (sorted by id); images come from the shards, filtered by id."""
+    from gzmorph.inputs import question_spec
+
+    params, shards = tiny["params"], tiny["shards"]
+    spec = question_spec(params, QUESTION)
+    pool = al.load_split(shards, "train", spec)
+    assert set(vars(pool)) == {"ids", "k", "n"} and set(pool.ids) == tiny["train_ids"]
+    assert pool.ids.tolist() == sorted(pool.ids) and (pool.n >= 10).all()
+    np.testing.assert_array_equal(pool.positions([pool.ids[3].encode(), pool.ids[0]]), [3, 0])
+    with pytest.raises(KeyError):
+        pool.positions(["no-such-id"])
+    chosen = pool.ids[::7]
+    got = [(i.decode(), c) for _, cs, ids in al.split_stream(shards, "train", spec, chosen, batch_size=5)
+           .as_numpy_iterator() for i, c in zip(ids, cs, strict=True)]
+    assert sorted(i for i, _ in got) == sorted(chosen)
+    for i, c in got:
+        np.testing.assert_array_equal(c, [pool.k[pool.positions([i])[0]], pool.n[pool.positions([i])[0]]])
+    rest = {i.decode() for *_, ids in al.split_stream(shards, "train", spec, chosen, keep=False)
+            .as_numpy_iterator() for i in ids}
+    assert rest == set(pool.ids) - set(chosen)
+    cached = list(al.labelled_dataset(shards, spec, chosen).as_numpy_iterator())
+    assert len(cached) == len(chosen) and cached[0][0].shape == (32, 32, 3)
+    assert len(list(al.labelled_dataset(shards, spec, np.array([], str)).as_numpy_iterator())) == 0
+
+
+def test_stream_rho_keeps_ids_with_their_passes(monkeypatch):
+    import tensorflow as tf
+
+    from gzmorph import predict
+
+    monkeypatch.setattr(predict, "rho_functions", lambda model: (lambda x: tf.reduce_mean(
+        tf.cast(x, tf.float32), axis=[1, 2, 3]) / 255, None))
+    split = al.Split(np.array(["a", "b", "c"]), np.ones(3, np.float32), np.full(3, 2, np.float32))
+    images = np.stack([np.full((2, 2, 3), v, np.uint8) for v in (51, 102, 255)])
+    batches = [(images[[2, 0]], np.ones((2, 2), np.float32), np.array([b"c", b"a"])),
+               (images[[1]], np.ones((1, 2), np.float32), np.array([b"b"]))]
+    pos, rho = al.split_rho(object(), batches, 2, split)
+    np.testing.assert_array_equal(pos, [0, 1, 2])
+    np.testing.assert_allclose(rho, [[0.2, 0.2], [0.4, 0.4], [1.0, 1.0]], rtol=1e-6)
 
 
 def test_unknown_question_is_a_config_error(tiny):

@@ -139,8 +139,16 @@ def test_real_survey_needs_the_settings_of_its_sources(params):
     msg = _error(params)
     assert "real.surveys.decals.legacysurvey_cutout: required when images or fallback is legacysurvey" in msg
     assert "real.surveys.decals.image_files: required when images is zenodo" in msg
-    params["real"]["surveys"]["sdss"]["images"] = "zenodo"
-    assert "real.surveys.sdss.images: zenodo image zips exist only for catalog gz-decals-dr5" in _error(params)
+    sdss = params["real"]["surveys"]["sdss"]
+    sdss["images"] = "zenodo"
+    for key in ("image_files", "mapping_file", "zenodo_record"):
+        sdss.pop(key, None)
+    msg = _error(params)
+    assert "real.surveys.sdss.image_files: required when images is zenodo" in msg
+    assert "real.surveys.sdss.mapping_file: required when images is zenodo for catalog gz2-hart16" in msg
+    assert "real.surveys.sdss.zenodo_record: required when images is zenodo for catalog gz2-hart16" in msg
+    decals["mapping_file"] = "gz2_filename_mapping.csv"
+    assert "real.surveys.decals.mapping_file: only catalog gz2-hart16" in _error(params)
 
 
 def test_real_service_url_must_be_a_url(params):

@@ -39,19 +39,25 @@ def world(simulated, tmp_path):
         yield w
 
 
-def write_params(workdir: Path, world, **kw) -> list[str]:
+def write_params(workdir: Path, world, *, sdss: dict | None = None, **kw) -> list[str]:
+    """Params files for the imitations; ``sdss`` overrides keys of real.surveys.sdss."""
     real = workdir / "real.yaml"
-    real.write_text(yaml.safe_dump({"data_source": "real", "real": world.real_params(**kw)}))
+    section = world.real_params(**kw)
+    section["surveys"]["sdss"].update(sdss or {})
+    real.write_text(yaml.safe_dump({"data_source": "real", "real": section}))
     return ["--params", str(ROOT / "params.yaml"), "--params", str(TINY), "--params", str(real)]
 
 
-def run_fetch(workdir: Path, params: list[str], survey: str, chunks: int) -> dict:
-    """catalog -> (archives) -> images per chunk -> gather, as the Snakemake rules chain them."""
+def run_fetch(workdir: Path, params: list[str], survey: str, chunks: int, zips: bool | None = None) -> dict:
+    """catalog -> (archives) -> images per chunk -> gather, as the Snakemake rules chain them.
+
+    ``zips``: whether the survey's images come from Zenodo zips (default: only GZ DECaLS).
+    """
     d = workdir / "data/real" / survey
     assert cli.main(["fetch", "catalog", *params, "--survey", survey, "--out", str(d / "catalog.parquet"),
                      "--report", str(workdir / f"results/fetch/{survey}_catalog.json"), "--no-progress"]) == 0
     archives = []
-    if survey == "decals":
+    if survey == "decals" if zips is None else zips:
         assert cli.main(["fetch", "archives", *params, "--survey", survey, "--out", str(d / "archives.json"),
                          "--no-progress"]) == 0
         archives = ["--archives", str(d / "archives.json")]
@@ -187,6 +193,112 @@ def test_faults_never_land_corrupt_files_and_a_rerun_finishes(world, simulated, 
     assert again["failed"] == 0 and again["in_catalog"] == len(simulated["decals"])
 
 
+def gz2_content_requests(world) -> int:
+    """Requests for the bytes of the GZ2 record's files (the zip and the mapping)."""
+    return len(world.zenodo.requests_to(r"/files/(images_gz2\.zip|gz2_filename_mapping\.csv)/content$"))
+
+
+def zip_served_images_are_the_published_jpegs(world, simulated, df: pd.DataFrame) -> None:
+    """Every galaxy the zip serves has exactly the simulated JPEG (not a decoy, not a cutout)."""
+    truth = dict(zip(simulated["sdss"]["id_str"], simulated["sdss"]["file_loc"], strict=True))
+    locs = dict(zip(df["id_str"], df["file_loc"], strict=True))
+    for objid in world.gz2_assets:
+        assert Path(locs[objid]).read_bytes() == Path(truth[objid]).read_bytes(), objid
+
+
+def test_gz2_images_from_the_zenodo_zip(world, simulated, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, world, chunks=2, size=SIZE, gz2_images="zenodo")
+    report = run_fetch(tmp_path, params, "sdss", 2, zips=True)
+    df = catalog.load(tmp_path / "data/catalogs/sdss.parquet")
+    n = len(simulated["sdss"])
+    fallback = world.gz2_fallback
+    assert report["failed"] == 0 and report["in_catalog"] == len(df) == n
+    assert report["fetched"] == len(world.gz2_assets) == n - len(fallback) and report["fallback"] == len(fallback)
+    zip_served_images_are_the_published_jpegs(world, simulated, df)
+    vote_columns_equal(df, simulated["sdss"])
+    # the rest are SkyServer cutouts at GZ2's scale, one request each
+    cutouts = world.skyserver.requests_to("getjpeg")
+    assert len(cutouts) == len(fallback)
+    radius = dict(zip(simulated["sdss"]["id_str"], simulated["sdss"]["truth_petro_r90_arcsec"], strict=True))
+    assert {round(float(s.request.query["scale"]), 6) for s in cutouts} == {round(0.02 * radius[i], 6)
+                                                                           for i in fallback}
+    landed_images_are_sound(df[df["id_str"].isin(fallback)], SIZE)
+    # the join, as the catalog report tells it
+    mapping = json.loads((tmp_path / "results/fetch/sdss_catalog.json").read_text())["mapping"]
+    cases = world.gz2_cases
+    assert mapping["without_asset"] == len(cases["no_row"]) + len(cases["ambiguous_only"])
+    assert mapping["galaxies_with_several_assets"] == 2  # other_sample_first and lower_asset_missing
+    assert mapping["identical_rows_dropped"] == 1 and mapping["ambiguous_assets"] == 1
+    assert mapping["galaxies_with_ambiguous_assets"] == 2 and mapping["rows_not_in_catalog"] == 3
+    assert set(mapping["examples"]["several_assets"]) == {*cases["other_sample_first"], *cases["lower_asset_missing"]}
+    # hostile and resource-fork members of the zip were never written anywhere
+    assert not list(tmp_path.rglob("outside.jpg")) and not list(tmp_path.rglob("._*"))
+
+    # a re-run downloads nothing twice and fetches no image again
+    before_zenodo, before_sky = gz2_content_requests(world), len(world.skyserver.requests_to("getjpeg"))
+    again = run_fetch(tmp_path, params, "sdss", 2, zips=True)
+    assert again["skipped"] == again["galaxies"] == n and again["fetched"] == again["fallback"] == 0
+    assert gz2_content_requests(world) == before_zenodo == 2  # the zip and the mapping, once each
+    assert len(world.skyserver.requests_to("getjpeg")) == before_sky
+
+
+def test_gz2_zenodo_without_fallback_quarantines_the_unmapped_with_a_reason(world, simulated, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, world, chunks=1, size=SIZE, gz2_images="zenodo", sdss={"fallback": "none"})
+    report = run_fetch(tmp_path, params, "sdss", 1, zips=True)
+    quarantine = pd.read_parquet(tmp_path / "data/real/sdss/quarantine.parquet")
+    reasons = dict(zip(quarantine["id_str"], quarantine["reason"], strict=True))
+    assert sorted(reasons) == world.gz2_fallback and report["failed"] == len(world.gz2_fallback)
+    cases = world.gz2_cases
+    for objid in (*cases["no_row"], *cases["ambiguous_only"]):
+        assert reasons[objid] == f"zenodo: no asset in gz2_filename_mapping.csv for objid {objid}"
+    (missing,) = cases["missing_from_zip"]
+    assert reasons[missing] == f"zenodo: asset {world.gz2_own_assets[missing]}.jpg not in the image archives"
+    assert report["failure_reasons"] == {"no asset in the mapping": len(cases["no_row"]) + 1,
+                                         "not in the image archives": 1}
+    assert not world.skyserver.requests_to("getjpeg")  # no fallback, no cutouts
+    zip_served_images_are_the_published_jpegs(world, simulated, catalog.load(tmp_path / "data/catalogs/sdss.parquet"))
+
+
+def test_gz2_zenodo_faults_never_land_corrupt_files(world, simulated, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, world, chunks=2, size=SIZE, gz2_images="zenodo")
+    zen, sky = world.zenodo, world.skyserver
+    zen.inject("status", match="/api/records/3565489", code=502, times=2)
+    zen.inject("status", match="images_gz2.zip", code=429, retry_after=1)
+    zen.inject("truncate", match="images_gz2.zip")          # resumed with Range
+    zen.inject("status", match="images_gz2.zip", code=503)
+    zen.inject("corrupt", match="gz2_filename_mapping.csv")  # wrong md5: discarded and downloaded again
+    sky.inject("status", match="getjpeg", code=503, times=2)
+    sky.inject("truncate", match="getjpeg")
+    sky.inject("body", match="getjpeg")                      # an HTML page: that fallback galaxy is quarantined
+    injected = sum(s.pending_faults() for s in world.services)
+
+    report = run_fetch(tmp_path, params, "sdss", 2, zips=True)
+    assert world.faults_taken() == injected and sum(s.pending_faults() for s in world.services) == 0
+    quarantine = pd.read_parquet(tmp_path / "data/real/sdss/quarantine.parquet")
+    assert report["failed"] == len(quarantine) == 1 and quarantine["id_str"].iloc[0] in world.gz2_fallback
+    reason = quarantine["reason"].iloc[0]  # both sources' reasons: the zip had none, the cutout was a page
+    assert reason.startswith("zenodo: ") and "; skyserver: " in reason and "not an image" in reason
+    df = catalog.load(tmp_path / "data/catalogs/sdss.parquet")
+    assert report["fetched"] == len(world.gz2_assets) and len(df) == len(simulated["sdss"]) - 1
+    zip_served_images_are_the_published_jpegs(world, simulated, df)
+    for path in (tmp_path / "data/real").rglob("*"):  # no corrupt file landed anywhere
+        if path.suffix == ".jpg":
+            with Image.open(path) as img:
+                img.load()
+        if path.suffix in (".zip", ".csv"):
+            assert hashlib.md5(path.read_bytes()).hexdigest() == zen.checksum(path.name).removeprefix("md5:")
+
+    # the faults are gone: the re-run fetches only the quarantined galaxy and downloads nothing again
+    n_content, n_cutouts = gz2_content_requests(world), len(sky.requests_to("getjpeg"))
+    again = run_fetch(tmp_path, params, "sdss", 2, zips=True)
+    assert again["failed"] == 0 and again["in_catalog"] == len(simulated["sdss"]) and again["fallback"] == 1
+    assert gz2_content_requests(world) == n_content and len(sky.requests_to("getjpeg")) == n_cutouts + 1
+
+
 def test_unreachable_service_fails_with_a_clear_message(world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path, world)
@@ -216,6 +328,24 @@ def test_estimate_lists_files_bytes_and_time(world, tmp_path, monkeypatch, capsy
     assert e["bytes"] == fetch.PUBLISHED_DECALS_BYTES and "approximate" in e["files"][0]["key"]
 
 
+def test_estimate_of_gz2_images_from_zenodo(world, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loaded = config.load(write_params(tmp_path, world, gz2_images="zenodo")[1::2])
+    e = fetch.estimate(loaded, "sdss", None)
+    assert [f["key"] for f in e["files"]] == ["images_gz2.zip", "gz2_filename_mapping.csv"]
+    assert e["bytes"] == world.zenodo.size("images_gz2.zip") + world.zenodo.size("gz2_filename_mapping.csv")
+    assert e["bytes_basis"] == "Zenodo record 3565489 listing"
+    assert e["requests"] == {"zenodo": 3, "skyserver": 1156}  # listing + 2 files; SQL radii for the fallback
+    world.zenodo.inject("status", match="/api/records", code=503, times=10)
+    e = fetch.estimate(loaded, "sdss", None)
+    assert e["bytes"] == fetch.PUBLISHED_GZ2_BYTES and "published" in e["bytes_basis"]
+    # the shipped defaults: GZ2 from record 3565489, ~3.4 GB instead of ~64 h of cutouts
+    shipped = config.load([ROOT / "params.yaml", ROOT / "params" / "real.yaml"])["real"]["surveys"]["sdss"]
+    assert shipped["images"] == "zenodo" and shipped["fallback"] == "skyserver"
+    assert (shipped["zenodo_record"], shipped["image_files"], shipped["mapping_file"]) == (
+        3565489, ["images_gz2.zip"], "gz2_filename_mapping.csv")
+
+
 def test_deal_chunks_and_reason_classes():
     chunks = fetch.deal_chunks(10, 3)
     assert chunks.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
@@ -231,18 +361,26 @@ def test_deal_chunks_and_reason_classes():
 
 @pytest.mark.slow
 def test_snakemake_runs_the_real_data_configuration(world, tmp_path):
-    """The whole default target on the real-data configuration, served by the imitations."""
+    """The whole default target on the real-data configuration, served by the imitations.
+
+    As shipped, GZ2 images come from the Zenodo zip (fetch_archives runs for both surveys) with SkyServer
+    cutouts for the galaxies the zip lacks.
+    """
     from test_pipeline_e2e import BIN, copy_project, run
 
     work = copy_project(tmp_path / "repo")
     shutil.copy2(TINY, work / "tiny.yaml")
-    (work / "real.yaml").write_text(yaml.safe_dump({"data_source": "real", "real": world.real_params(size=SIZE)}))
+    real = world.real_params(size=SIZE, gz2_images="zenodo")
+    (work / "real.yaml").write_text(yaml.safe_dump({"data_source": "real", "real": real}))
+    assert len(world.gz2_fallback) > 3
     world.skyserver.inject("status", match="getjpeg", code=503, times=2)
-    world.skyserver.inject("body", match="getjpeg", times=3)  # three galaxies fail and are quarantined
+    world.skyserver.inject("body", match="getjpeg", times=3)  # three fallback galaxies fail and are quarantined
     args = [str(BIN / "snakemake"), "--cores", "2", "--resources", "gpu=1", "--configfile", "tiny.yaml", "real.yaml"]
     run(args, work)
     report = json.loads((work / "results/fetch/sdss.json").read_text())
     assert report["failed"] == 3 and report["quarantined"] == 3
+    assert report["fallback"] == len(world.gz2_fallback) - 3 and report["fetched"] == len(world.gz2_assets)
+    assert json.loads((work / "data/real/sdss/archives.json").read_text())["record"] == 3565489
     assert "3 galaxies quarantined" in (work / "logs/fetch_gather_sdss.log").read_text()
     for survey in ("sdss", "decals"):
         manifest = json.loads((work / f"data/shards/{survey}/manifest.json").read_text())

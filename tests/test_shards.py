@@ -170,16 +170,85 @@ def test_round_trip_pixels_counts_and_ids(built):
     assert set(seen) | set(kinds) == set(df["id_str"])
 
 
-def test_shards_sorted_by_id_within_split(built):
-    root, _, _ = built
-    manifest = shards.read_manifest(root / "t1")
+def _file_ids(out: Path, name: str) -> list[list[str]]:
     spec = {"id_str": tf.io.FixedLenFeature([], tf.string)}
+    return [[tf.io.parse_single_example(r, spec)["id_str"].numpy().decode() for r in tf.data.TFRecordDataset(f)]
+            for f in shards.shard_files(out, name)]  # one file at a time, in order
+
+
+def test_shards_are_written_in_seeded_random_order_within_a_split(built):
+    root, df, _ = built
     for name in split.SPLITS:
-        ids = []
-        for f in shards.shard_files(root / "t1", name, manifest):  # one file at a time, in order
-            ids += [tf.io.parse_single_example(r, spec)["id_str"].numpy().decode()
-                    for r in tf.data.TFRecordDataset(f)]
-        assert ids == sorted(ids)
+        ids = [i for f in _file_ids(root / "t1", name) for i in f]
+        keys = dict(zip(df["id_str"], split.order_key(df["id_str"], SEED), strict=True))
+        assert ids == sorted(ids, key=lambda i: (keys[i], i))  # the order depends on seed and id only
+    train = [i for f in _file_ids(root / "t1", "train") for i in f]
+    assert train != sorted(train)
+    # the catalog's row order does not matter, nor which other galaxies share the split
+    shuffled = df.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    _write(shuffled, root / "shuffled")
+    assert _files(root / "shuffled") == _files(root / "t1")
+
+
+def test_manifest_histogram_of_n_counts_cuts_without_reading(built, monkeypatch, caplog):
+    from gzmorph.catalog import answer_sum
+    from gzmorph.inputs import QuestionSpec, count_galaxies
+
+    root, df, kinds = built
+    manifest = shards.read_manifest(root / "t1")
+    good = df[~df["id_str"].isin(kinds)]
+    codes = dict(zip(df["id_str"], split.assign(df["id_str"], SEED, FRACTIONS), strict=True))
+    bar = GZ2.question("bar")
+    n = pd.Series(answer_sum(good, bar), index=good["id_str"].to_numpy())
+    for name in split.SPLITS:
+        hist = manifest["splits"][name]["n_histograms"]
+        assert set(hist) == set(GZ2.question_names)
+        in_split = n[[codes[i] == name for i in n.index]]
+        assert hist["bar"] == [[int(v), int(c)] for v, c in in_split.value_counts().sort_index().items()]
+        assert sum(c for _, c in hist["smooth-or-featured"]) == manifest["splits"][name]["n_galaxies"]
+    spec = QuestionSpec("bar", "yes", "bar_yes", bar.total_column, 5, "none", (1.0, 1.0))
+    monkeypatch.setattr(shards, "read_columns", lambda *a, **k: pytest.fail("the shards were read"))
+    train_n = n[[codes[i] == "train" for i in n.index]]
+    assert count_galaxies(root / "t1", "train", spec) == (len(train_n), int((train_n >= 5).sum()))
+    monkeypatch.undo()
+    # an old manifest without histograms: the same count by a scan, and a log line saying so
+    old = root / "old"
+    old.mkdir()
+    for f in (root / "t1").iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    for sp in manifest["splits"].values():
+        del sp["n_histograms"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("INFO", logger="gzmorph.inputs"):
+        assert count_galaxies(old, "train", spec) == (len(train_n), int((train_n >= 5).sum()))
+    assert "no N histogram" in caplog.text
+
+
+def _spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_training_order_is_not_sky_order_and_repeats_for_a_seed(tmp_path):
+    """Ids (and catalogs) run in sky order; a training epoch must not, and the same seed gives the same epoch."""
+    df = make_catalog(tmp_path, 400, image_size=8, n_images=20)
+    df["ra"] = np.sort(df["ra"].to_numpy())  # ra increases with id_str, as for SDSS objids in a stripe
+    out = tmp_path / "out"
+    shards.write_shards(df, out, tree=GZ2, resolution=4, shard_size=25, fractions={"train": 1.0, "val": 0.0,
+                        "test": 0.0}, seed=SEED, progress=False)
+    ra = df.set_index("id_str")["ra"]
+
+    def epoch(seed: int | None, shuffle: bool = True) -> list[str]:
+        ds = shards.make_dataset(out, "train", columns=["bar_yes"], batch_size=32, shuffle=shuffle, seed=seed,
+                                 with_ids=True, shuffle_buffer=64)
+        return [i.decode() for *_, ids in ds.as_numpy_iterator() for i in ids]
+
+    first = epoch(1)
+    assert sorted(first) == sorted(df["id_str"])
+    assert abs(_spearman(np.arange(len(first)), ra[first].to_numpy())) < 0.15
+    assert epoch(1) == first and epoch(2) != first
+    plain = epoch(None, shuffle=False)  # evaluation order: fixed, and not sky order either
+    assert plain == epoch(None, shuffle=False) and abs(_spearman(np.arange(len(plain)), ra[plain].to_numpy())) < 0.15
 
 
 def test_column_subset_float_and_shuffle(built):
@@ -236,7 +305,8 @@ def test_empty_split_reads_as_empty(tmp_path):
     shards.write_shards(df, tmp_path / "out", tree=GZ2, resolution=RES, shard_size=2, seed=SEED,
                         fractions={"train": 1.0, "val": 0.0, "test": 0.0}, progress=False)
     val = shards.read_manifest(tmp_path / "out")["splits"]["val"]
-    assert val == {"n_galaxies": 0, "n_shards": 0, "files": [], "shards": []}
+    assert val == {"n_galaxies": 0, "n_shards": 0, "files": [], "shards": [],
+                   "n_histograms": dict.fromkeys(GZ2.question_names, [])}
     assert list(shards.make_dataset(tmp_path / "out", "val")) == []
 
 

@@ -330,6 +330,12 @@ def test_fit_settings_of_each_section():
         al["max_epochs"], al["min_epochs"], al["patience"], al["warmup_epochs"], al["plateau_patience"])
     assert (own.learning_rate, own.schedule, own.min_learning_rate) == (
         tp["learning_rate"], tp["schedule"], tp["min_learning_rate"])
+    # a question's own max_epochs overrides train.max_epochs for that question only
+    params["train"]["questions"]["bar"]["max_epochs"] = 77
+    params["train"]["questions"]["smooth-or-featured"].pop("max_epochs", None)
+    assert fit_settings(config.validate(params), "train", "bar").max_epochs == 77
+    assert fit_settings(params, "train", "smooth-or-featured").max_epochs == tp["max_epochs"]
+    assert fit_settings(params, "active_learning", "bar").max_epochs == al["max_epochs"]
     with pytest.raises(config.ConfigError, match="min_learning_rate"):
         FitSettings(learning_rate=1e-3, max_epochs=5, min_learning_rate=1e-2)
     with pytest.raises(config.ConfigError, match="schedule"):

@@ -4,9 +4,15 @@
 
 * the pool is the shards' ``train`` split, the fixed evaluation set their ``test`` split (never
   acquired), and the ``val`` split drives early stopping; every split gets the question's training
-  cut N >= max(min_total_votes, 1) (:func:`gzmorph.inputs.keep_mask`).  The three splits are read
-  into memory once (uint8 images at shard resolution): the pool is small and re-reading TFRecords
-  every iteration would dominate the run time.
+  cut N >= max(min_total_votes, 1) (:func:`gzmorph.inputs.keep_mask`).  Only the pool's and the test
+  split's ids, k and N are held in memory (:class:`Split`, sorted by id; read without decoding an
+  image) with the labelled mask; images are streamed from the shards, so memory does not grow with
+  the catalog (230k galaxies at 128 px would be ~10 GB of pixels): each iteration trains on the
+  labelled galaxies filtered out of one pass over the train shards (a hash table of labelled ids,
+  :func:`labelled_dataset`; only they are cached in memory), early-stops on the val split streamed
+  every epoch, and scores the unlabelled pool and the test split by streaming them through the MC
+  passes (:func:`stream_rho`).  Pool positions are in id order, so the seeded draws below pick the
+  same galaxies whatever the shard layout or the number of cores.
 * ``initial`` pool galaxies, drawn at random from (params seed, run seed), start labelled; the draw
   does not depend on the strategy, so BALD and random runs with the same seed are paired.
 * iteration i = 0..``iterations``: train a model on the labelled galaxies with the same training loop as
@@ -78,6 +84,7 @@ from gzmorph.config import ConfigError, UserError
 if TYPE_CHECKING:
     import keras
     import pandas as pd
+    import tensorflow as tf
     from matplotlib.figure import Figure
 
     from gzmorph.inputs import QuestionSpec
@@ -96,9 +103,8 @@ PREDICT_CHUNK = 256  # galaxies per MC-pass batch when scoring
 
 @dataclass
 class Split:
-    """One split in memory after the vote cut: images uint8 [G, R, R, 3], ids [G] str, k and N [G] float32."""
+    """One split's index after the vote cut, sorted by id: ids [G] str, k and N [G] float32.  No images."""
 
-    images: np.ndarray
     ids: np.ndarray
     k: np.ndarray
     n: np.ndarray
@@ -107,28 +113,78 @@ class Split:
         return len(self.ids)
 
     @property
-    def counts(self) -> np.ndarray:
-        return np.stack([self.k, self.n], axis=1).astype(np.float32)
-
-    @property
     def fraction(self) -> np.ndarray:
         return self.k / self.n
 
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Index into this split of each of ``ids`` (str or bytes); KeyError for an id it does not hold."""
+        ids = np.asarray([i.decode() if isinstance(i, bytes) else i for i in ids], dtype=self.ids.dtype)
+        pos = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
+        missing = ids[self.ids[pos] != ids] if len(self.ids) else ids
+        if len(missing):
+            raise KeyError(f"{len(missing)} ids not in the split, e.g. {missing[:3].tolist()}")
+        return pos
 
-def load_split(shard_dir: str | Path, split: str, spec: QuestionSpec, threads: int | None = None) -> Split:
-    """Read a whole split (after the question's vote cut) into memory."""
-    from gzmorph.inputs import NoGalaxiesError, effective_cut, vote_dataset
 
-    images, counts, ids = [], [], []
-    for x, c, i in vote_dataset(shard_dir, split, spec, 256, with_ids=True, threads=threads).as_numpy_iterator():
-        images.append(x)
-        counts.append(c)
-        ids.append(i)
+def load_split(shard_dir: str | Path, split: str, spec: QuestionSpec) -> Split:
+    """The split's ids, k and N after the question's vote cut, sorted by id; no image is decoded."""
+    from gzmorph.inputs import NoGalaxiesError, effective_cut, keep_mask
+    from gzmorph.shards import read_columns
+
+    ids, counts = [], []
+    for i, c in read_columns(shard_dir, split, spec.columns):
+        keep = keep_mask(c[:, 1], spec.min_total_votes)
+        ids.append(i[keep])
+        counts.append(c[keep])
     if not ids or sum(len(i) for i in ids) == 0:
         raise NoGalaxiesError(f"{shard_dir}: no {split} galaxies left after the cut N({spec.question}) >= "
                               f"{effective_cut(spec.min_total_votes)}")
-    c = np.concatenate(counts)
-    return Split(np.concatenate(images), np.array([s.decode() for s in np.concatenate(ids)]), c[:, 0], c[:, 1])
+    all_ids = np.array([s.decode() for s in np.concatenate(ids)])
+    c = np.concatenate(counts).astype(np.float32)
+    order = np.argsort(all_ids, kind="stable")
+    return Split(all_ids[order], c[order, 0], c[order, 1])
+
+
+def _id_table(ids: np.ndarray) -> Any:
+    """A tf.lookup table: id_str -> True for ``ids``, False for any other id."""
+    import tensorflow as tf
+
+    keys = tf.constant([str(i) for i in ids], tf.string)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.bool)), False)
+
+
+def split_stream(shard_dir: str | Path, split: str, spec: QuestionSpec, ids: np.ndarray | None = None, *,
+                 keep: bool = True, batch_size: int = PREDICT_CHUNK, threads: int | None = None) -> tf.data.Dataset:
+    """Batches (uint8 image, float32 (k, N), id_str) of a split after the vote cut, in the shards' fixed order.
+
+    With ``ids``: only those galaxies (``keep``) or only the others (``keep=False``), by a hash-table lookup
+    per batch; ``rebatch`` restores full batches.
+    """
+    import tensorflow as tf
+
+    from gzmorph.inputs import vote_dataset
+
+    ds = vote_dataset(shard_dir, split, spec, batch_size, with_ids=True, threads=threads)
+    if ids is None or (len(ids) == 0 and not keep):
+        return ds
+    if len(ids) == 0:  # a lookup table cannot be empty
+        return ds.take(0)
+    table = _id_table(ids)
+
+    def select(image: tf.Tensor, counts: tf.Tensor, id_str: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        hit = table.lookup(id_str)
+        mask = hit if keep else tf.logical_not(hit)
+        return tuple(tf.boolean_mask(t, mask) for t in (image, counts, id_str))
+
+    return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def labelled_dataset(shard_dir: str | Path, spec: QuestionSpec, ids: np.ndarray, threads: int | None = None
+                     ) -> tf.data.Dataset:
+    """Unbatched (image, (k, N)) of the labelled pool galaxies ``ids``: one filtered pass over the train shards,
+    cached in memory (the labelled set only), in the shards' fixed order."""
+    ds = split_stream(shard_dir, "train", spec, ids, threads=threads)
+    return ds.unbatch().map(lambda image, counts, _id: (image, counts)).cache()
 
 
 def mc_rho(model: keras.Model, images: np.ndarray, passes: int, chunk: int = PREDICT_CHUNK) -> np.ndarray:
@@ -138,6 +194,29 @@ def mc_rho(model: keras.Model, images: np.ndarray, passes: int, chunk: int = PRE
     mc, _ = rho_functions(model)
     chunks = [rho for rho, _, _ in chunk_passes(mc, None, images, passes, chunk)]
     return np.concatenate(chunks).astype(np.float64) if chunks else np.empty((0, passes), np.float64)
+
+
+def stream_rho(model: keras.Model, data: Any, passes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rho [G, T] float64, id_str [G] bytes) of T MC passes over batches (image, counts, id_str), e.g.
+    :func:`split_stream`: one batch in memory at a time."""
+    from gzmorph.predict import chunk_passes, rho_functions
+
+    mc, _ = rho_functions(model)
+    rhos, ids = [], []
+    for rho, _, (_counts, id_str) in chunk_passes(mc, None, data, passes):
+        rhos.append(rho)
+        ids.append(np.asarray(id_str))
+    if not rhos:
+        return np.empty((0, passes), np.float64), np.empty(0, object)
+    return np.concatenate(rhos).astype(np.float64), np.concatenate(ids)
+
+
+def split_rho(model: keras.Model, data: Any, passes: int, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in ``split`` in increasing order, their rho [G, T]) of the streamed ``data``."""
+    rho, ids = stream_rho(model, data, passes)
+    pos = split.positions(ids)
+    order = np.argsort(pos, kind="stable")
+    return pos[order], rho[order]
 
 
 def bald_scores(rho: np.ndarray, n: int) -> np.ndarray:
@@ -181,11 +260,14 @@ def _write_outputs(rows: list[dict], acquired: list[dict], out: str | Path, acqu
         io.write_parquet(acquired_path, df)
 
 
-def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, model_seed: int, train: Split,
-                 val: Split, init: keras.Model | None = None) -> tuple[keras.Model, float, float, int]:
-    """A model fitted on ``train`` by :func:`gzmorph.train.fit`; returns (model, train_loss, val_loss, epochs).
+def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, model_seed: int,
+                 train: tf.data.Dataset, n_train: int, val: tf.data.Dataset, init: keras.Model | None = None
+                 ) -> tuple[keras.Model, float, float, int]:
+    """A model fitted by :func:`gzmorph.train.fit`; returns (model, train_loss, val_loss, epochs).
 
-    The losses are those of the kept epoch, whose weights the model holds.  ``init`` None: a fresh model seeded
+    ``train``: the ``n_train`` labelled galaxies, unbatched (image, (k, N)) (:func:`labelled_dataset`);
+    ``val``: batches (image, (k, N)) for early stopping.  The losses are those of the kept epoch, whose
+    weights the model holds.  ``init`` None: a fresh model seeded
     from ``model_seed``.  Otherwise ``init`` itself is trained further (warm start) with a fresh Adam and
     schedule; ``model_seed`` still seeds the shuffling, dropout and augmentation.  A fresh model sits on a
     plateau near the constant prediction for its first ~100 steps; with ``patience`` epochs of
@@ -206,13 +288,11 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     # Small labelled sets would give epochs of one or two steps, too few for early stopping to judge: repeat the
     # (reshuffled) set so that every epoch has at least min_steps_per_epoch batches.
     batch_size = int(al["batch_size"])
-    steps = max(math.ceil(len(train) / batch_size), int(al["min_steps_per_epoch"]))
-    data = (tf.data.Dataset.from_tensor_slices((train.images, train.counts))
-            .shuffle(len(train), seed=model_seed, reshuffle_each_iteration=True).repeat().batch(batch_size)
+    steps = max(math.ceil(n_train / batch_size), int(al["min_steps_per_epoch"]))
+    data = (train.shuffle(max(n_train, 1), seed=model_seed, reshuffle_each_iteration=True).repeat().batch(batch_size)
             .prefetch(tf.data.AUTOTUNE))
-    val_data = tf.data.Dataset.from_tensor_slices((val.images, val.counts)).batch(PREDICT_CHUNK)
     try:
-        result = training.fit(model, data, val_data, settings=training.fit_settings(params, "active_learning"),
+        result = training.fit(model, data, val, settings=training.fit_settings(params, "active_learning"),
                               steps_per_epoch=steps)
     except training.TrainingDiverged as exc:
         raise training.TrainingDiverged(f"training {spec.question}: {exc}") from None
@@ -226,7 +306,7 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     import pandas as pd
 
     from gzmorph.acquisition import acquire, expected_votes
-    from gzmorph.inputs import effective_cut, question_spec
+    from gzmorph.inputs import effective_cut, question_spec, require_galaxies, vote_dataset
     from gzmorph.runtime import configure_threads, describe_device, seed_everything
     from gzmorph.shards import read_manifest
 
@@ -241,11 +321,11 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     base_seed = int(params["seed"])
     seed_everything(base_seed, gpu)
 
-    pool = load_split(shard_dir, "train", spec, threads)
-    val = load_split(shard_dir, "val", spec, threads)
-    test = load_split(shard_dir, "test", spec, threads)
+    pool = load_split(shard_dir, "train", spec)
+    n_val = require_galaxies(shard_dir, "val", spec)
+    test = load_split(shard_dir, "test", spec)
     log.info("%s %s seed %d on %s: pool %d, val %d, test %d galaxies (N >= %d)", question, strategy, seed, device,
-             len(pool), len(val), len(test), effective_cut(spec.min_total_votes))
+             len(pool), n_val, len(test), effective_cut(spec.min_total_votes))
     initial, per_iteration, iterations = sizes["initial"], sizes["per_iteration"], sizes["iterations"]
     if initial > len(pool):
         raise UserError(f"active_learning.questions.{question}.initial = {initial} exceeds the {len(pool)} "
@@ -264,18 +344,28 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     model = None
     for iteration in range(iterations + 1):
         start = time.perf_counter()
-        train_set = Split(pool.images[labelled], pool.ids[labelled], pool.k[labelled], pool.n[labelled])
         model_seed = base_seed + 1000 * int(seed) + iteration
-        model, train_loss, val_loss, epochs = _train_model(params, spec, int(manifest["resolution"]), model_seed,
-                                                           train_set, val, init=model if warm_start else None)
-        test_rho = mc_rho(model, test.images, passes)
+        val_data = vote_dataset(shard_dir, "val", spec, PREDICT_CHUNK, threads=threads, n_galaxies=n_val)
+        model, train_loss, val_loss, epochs = _train_model(
+            params, spec, int(manifest["resolution"]), model_seed,
+            labelled_dataset(shard_dir, spec, pool.ids[labelled], threads), int(labelled.sum()), val_data,
+            init=model if warm_start else None)
+        test_pos, test_rho = split_rho(model, split_stream(shard_dir, "test", spec, threads=threads), passes, test)
+        if not np.array_equal(test_pos, np.arange(len(test))):
+            raise RuntimeError(f"{shard_dir}: the test split changed during the run")
         eval_loss, eval_rmse = evaluate(test_rho, test)
-        n_votes = int(al["expected_votes"] or expected_votes(train_set.n, spec.min_total_votes))
+        n_votes = int(al["expected_votes"] or expected_votes(pool.n[labelled], spec.min_total_votes))
         last = iteration == iterations
         candidates = np.flatnonzero(~labelled)
         if not last and candidates.size:
             if strategy == "bald":
-                scores = bald_scores(mc_rho(model, pool.images[candidates], passes), n_votes)
+                # the unlabelled pool, streamed; scores in pool (id) order, as candidates
+                scored, rho = split_rho(model, split_stream(shard_dir, "train", spec, pool.ids[labelled], keep=False,
+                                                            threads=threads), passes, pool)
+                if not np.array_equal(scored, candidates):
+                    raise RuntimeError(f"{shard_dir}: scored {len(scored)} unlabelled pool galaxies, expected "
+                                       f"{len(candidates)}")
+                scores = bald_scores(rho, n_votes)
                 best = acquire(scores, per_iteration)
                 chosen, chosen_scores = candidates[best], scores[best]
             else:
@@ -496,8 +586,12 @@ def _test_images(params: dict[str, Any], question: str, shard_dir: str | Path, i
     from gzmorph.shards import read_manifest
 
     spec = question_spec(params, question, read_manifest(shard_dir)["tree"])
-    test = load_split(shard_dir, "test", spec)
-    return {i: img for i, img in zip(test.ids, test.images, strict=True) if i in ids}
+    found: dict[str, np.ndarray] = {}
+    for images, _, batch_ids in split_stream(shard_dir, "test", spec).as_numpy_iterator():  # one batch at a time
+        for img, i in zip(images, batch_ids, strict=True):
+            if i.decode() in ids:
+                found[i.decode()] = img.copy()
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -134,8 +134,13 @@ def _real_checks(real: dict[str, Any]) -> list[str]:
                     problems.append(f"{where}.{key}: required for catalog gz-decals-dr5")
         if s["images"] == "zenodo" and not s.get("image_files"):
             problems.append(f"{where}.image_files: required when images is zenodo (record file names or patterns)")
-        if s["images"] == "zenodo" and s["catalog"] != "gz-decals-dr5":
-            problems.append(f"{where}.images: zenodo image zips exist only for catalog gz-decals-dr5")
+        if s["images"] == "zenodo" and s["catalog"] == "gz2-hart16":
+            for key in ("zenodo_record", "mapping_file"):
+                if key not in s:
+                    problems.append(f"{where}.{key}: required when images is zenodo for catalog gz2-hart16 "
+                                    "(record 3565489, gz2_filename_mapping.csv)")
+        if "mapping_file" in s and s["catalog"] != "gz2-hart16":
+            problems.append(f"{where}.mapping_file: only catalog gz2-hart16 joins its images through a mapping file")
         if s.get("fallback", "none") == s["images"]:
             problems.append(f"{where}.fallback: must differ from images ({s['images']!r})")
         for source in (s["images"], s.get("fallback", "none")):

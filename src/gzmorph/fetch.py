@@ -3,9 +3,10 @@
 Sub-commands, one per Snakemake rule (``workflow/rules/fetch.smk``):
 
 - ``catalog``: read a published vote catalog (GZ2 Hart16 from a path or URL, GZ DECaLS volunteers from
-  Zenodo), map it to the canonical catalog, apply the sample and vote filters, add Petrosian radii when
-  cutouts are scaled by them, and deal the galaxies into ``real.chunks`` chunks.
-- ``archives``: download the Zenodo image zips (md5-verified, resumable).
+  Zenodo), map it to the canonical catalog, apply the sample and vote filters, join GZ2 to the Zenodo image
+  record's filename mapping (``asset_ids``, see :mod:`gzmorph.sources.gz2images`) when its images come from
+  there, add Petrosian radii when cutouts are scaled by them, and deal the galaxies into ``real.chunks`` chunks.
+- ``archives``: download the Zenodo image zips (md5-verified, resumable): GZ DECaLS PNGs or GZ2 JPEGs.
 - ``images``: fetch one chunk's images (SkyServer or Legacy Survey cutouts, or members of the zips, with
   a fallback source), checking each one; failures go to the chunk's quarantine table, not to a crash.
 - ``gather``: join the chunks into ``data/catalogs/<survey>.parquet`` and a fetch report.
@@ -43,7 +44,8 @@ from gzmorph.config import UserError
 log = logging.getLogger(__name__)
 
 REAL_DIR = Path("data/real")
-# Shared pacing state of each service, for every fetch job on this machine (see net.RateLimiter).
+# Shared pacing state of each service, for every fetch job on this machine (see net.RateLimiter);
+# real.rate_limit.dir moves it (e.g. onto a file system all cluster nodes share).
 RATE_DIR = REAL_DIR / ".ratelimit"
 QUARANTINE_COLUMNS = ("id_str", "ra", "dec", "chunk", "source", "reason")
 # Rough body sizes for estimates only: a 424 px JPEG cutout (mostly dark sky) and a GZ DECaLS PNG.
@@ -51,6 +53,9 @@ TYPICAL_BYTES = {"skyserver": 30_000, "legacysurvey": 30_000, "zenodo": 250_000}
 # Galaxies in the published catalogs, for estimates before the catalog is fetched.
 PUBLISHED_ROWS = {"gz2-hart16": {"original": 209_294, "extra": 21_844, "stripe82": 8_557}, "gz-decals-dr5": 253_286}
 PUBLISHED_DECALS_BYTES = 100 * 10**9  # the four GZ DECaLS DR5 PNG zips, ~100 GB together
+# Zenodo record 3565489 as its landing page lists it: images_gz2.zip 3.4 GB, gz2_filename_mapping.csv 13 MB
+# (243,434 JPEGs of ~14 kB). Only used when the record cannot be listed; the listing gives exact sizes.
+PUBLISHED_GZ2_BYTES = 3_400_000_000 + 13_000_000
 MAX_IMAGE_BYTES = 16 << 20
 # objids per SkyServer SQL search: two IN-lists of 200 keep the GET under ~8 kB, within common URL limits.
 SQL_BATCH = 200
@@ -77,12 +82,26 @@ def http_settings(params: dict[str, Any]) -> Any:
 
 def session_for(params: dict[str, Any], service: str | None, pool_size: int = 4) -> Any:
     """A session for ``service`` paced by its shared rate limit (no pacing for plain URLs)."""
-    from gzmorph.net import RateLimiter, make_session
+    from gzmorph.net import make_session
 
-    limiter = None
-    if service is not None:
-        limiter = RateLimiter(params["real"]["services"][service]["requests_per_minute"], RATE_DIR / service)
+    limiter = rate_limiter(params, service) if service is not None else None
     return make_session(http_settings(params), limiter, pool_size=pool_size)
+
+
+def rate_limiter(params: dict[str, Any], service: str) -> Any:
+    """The pace of ``service``: its requests_per_minute divided by ``real.rate_limit.nodes``, shared through
+    ``<real.rate_limit.dir>/<service>`` by every fetch job that sees that file (see :class:`gzmorph.net.RateLimiter`).
+
+    On one machine, or with ``dir`` on a file system all nodes share with working ``fcntl`` locks, leave
+    ``nodes`` at 1.  With ``dir`` on node-local storage each node paces itself alone; set ``nodes`` to the
+    number of nodes that fetch at once so that together they stay within the service's limit.
+    """
+    from gzmorph.net import RateLimiter
+
+    limit = params["real"].get("rate_limit") or {}
+    nodes = int(limit.get("nodes", 1))
+    state_dir = Path(limit["dir"]) if limit.get("dir") else RATE_DIR
+    return RateLimiter(params["real"]["services"][service]["requests_per_minute"] / nodes, state_dir / service)
 
 
 def record_files(params: dict[str, Any], spec: dict[str, Any], session: Any, settings: Any) -> list[Any]:
@@ -138,7 +157,24 @@ def read_catalog(params: dict[str, Any], survey: str, downloads: Path, progress:
     if limit is not None and len(kept) > limit:
         stats["dropped"] = {**dropped, "max_galaxies": len(kept) - limit}
         kept = kept.iloc[:limit].reset_index(drop=True)
+    if spec["catalog"] == "gz2-hart16" and spec["images"] == "zenodo":
+        kept, stats["mapping"] = add_gz2_assets(kept, params, spec, downloads, progress)
     return kept, stats
+
+
+def add_gz2_assets(df: pd.DataFrame, params: dict[str, Any], spec: dict[str, Any], downloads: Path,
+                   progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Add the ``asset_ids`` column from the record's filename mapping (dr7objid = objid), and the join's counts."""
+    from gzmorph.sources import gz2images, zenodo
+
+    settings = http_settings(params)
+    session = session_for(params, "zenodo")
+    (record_file,) = zenodo.select(record_files(params, spec, session, settings), [spec["mapping_file"]])
+    directory = record_dir(downloads, spec)
+    zenodo.download_file(session, record_file, directory, settings=settings, progress=progress)
+    path = directory / record_file.key
+    assets, stats = gz2images.assign_assets(df, gz2images.read_mapping(path))
+    return df.assign(**{gz2images.ASSETS_COLUMN: assets}), {"file": str(path), **stats}
 
 
 def add_petrosian_radii(df: pd.DataFrame, params: dict[str, Any], spec: dict[str, Any]) -> pd.DataFrame:
@@ -150,7 +186,6 @@ def add_petrosian_radii(df: pd.DataFrame, params: dict[str, Any], spec: dict[str
     if "petro_th90" in df.columns:  # GZ DECaLS carries its own Petrosian radius
         df["petro_r90_arcsec"] = pd.to_numeric(df["petro_th90"], errors="coerce")
         return df
-    from gzmorph.net import RateLimiter
     from gzmorph.sources import skyserver
 
     sky = params["real"]["services"]["skyserver"]
@@ -159,7 +194,7 @@ def add_petrosian_radii(df: pd.DataFrame, params: dict[str, Any], spec: dict[str
     radii = skyserver.petrosian_radii(
         objids, base_url=sky["base_url"], data_release=sky["data_release"], batch=SQL_BATCH,
         timeout=params["real"]["http"]["timeout_s"], settings=http_settings(params),
-        limiter=RateLimiter(sky["requests_per_minute"], RATE_DIR / "skyserver"))
+        limiter=rate_limiter(params, "skyserver"))
     lookup = dict(zip(radii["dr7objid"].astype(str), radii["petroR90_r"].astype(float), strict=True))
     df["petro_r90_arcsec"] = df["id_str"].map(lookup).astype(float)
     missing = int(df["petro_r90_arcsec"].isna().sum())
@@ -189,6 +224,12 @@ def run_catalog(args: argparse.Namespace) -> None:
     write_json(args.report, stats)
     log.info("%s: %d galaxies in %d chunks (read %d rows from %s; dropped %s)", args.survey, len(df),
              params["real"]["chunks"], stats["rows"], stats["source"], stats["dropped"])
+    if "mapping" in stats:
+        m = stats["mapping"]
+        log.info("%s: %d galaxies have an asset in %s, %d have none (the fallback, %s, fetches those); "
+                 "%d have several assets, %d ambiguous assets are unused", args.survey, m["with_asset"],
+                 Path(m["file"]).name, m["without_asset"], spec.get("fallback", "none"),
+                 m["galaxies_with_several_assets"], m["ambiguous_assets"])
     log_total_excess(args.survey, stats["total_above_answers"])
 
 
@@ -244,6 +285,12 @@ def image_name(id_str: str, ext: str) -> str:
 
 
 EXTENSIONS = {"skyserver": ".jpg", "legacysurvey": ".jpg", "zenodo": ".png"}
+ZIP_FORMATS = {"gz-decals-dr5": ("PNG", ".png"), "gz2-hart16": ("JPEG", ".jpg")}  # what each survey's zips hold
+
+
+def extension(spec: dict[str, Any], source: str) -> str:
+    """The file extension of a survey's images from ``source`` (the zips: PNGs for GZ DECaLS, JPEGs for GZ2)."""
+    return ZIP_FORMATS[spec["catalog"]][1] if source == "zenodo" else EXTENSIONS[source]
 
 
 class ImageSources:
@@ -264,9 +311,21 @@ class ImageSources:
         self.reader = archives.ZipReader()
         self.zip_lock = threading.Lock()
         self.archive_index: dict[str, tuple[Path, str]] = {}
+        self.asset_index: dict[int, tuple[Path, str]] = {}  # GZ2: asset_id -> (zip, member)
         if archive_paths:
             found = archives.index(archive_paths, reader=self.reader)
             self.archive_index = found.members
+            if spec["catalog"] == "gz2-hart16":
+                from gzmorph.sources import gz2images
+
+                assets, repeated = gz2images.member_assets(found.members)
+                self.asset_index = {a: found.members[name] for a, name in assets.items()}
+                if repeated:
+                    log.warning("%d zip members name an asset already found (e.g. %s); the first is used",
+                                len(repeated), repeated[0])
+
+    def extension(self, source: str) -> str:
+        return extension(self.spec, source)
 
     def close(self) -> None:
         self.reader.close()
@@ -306,23 +365,42 @@ class ImageSources:
         from gzmorph.sources import gzdecals
         from gzmorph.sources.images import check_image
 
-        loc = row.get("png_loc")
-        member = gzdecals.member_from_png_loc(str(loc)) if isinstance(loc, str) and loc else None
-        entry = self.archive_index.get(member) if member else None
-        if entry is None:
-            entry = self.archive_index.get(gzdecals.zip_member(str(row["id_str"])))
-        if entry is None:
-            raise FetchError("not in the image archives")
+        if self.spec["catalog"] == "gz2-hart16":
+            entry = self._gz2_entry(row)
+        else:
+            loc = row.get("png_loc")
+            member = gzdecals.member_from_png_loc(str(loc)) if isinstance(loc, str) and loc else None
+            entry = self.archive_index.get(member) if member else None
+            if entry is None:
+                entry = self.archive_index.get(gzdecals.zip_member(str(row["id_str"])))
+            if entry is None:
+                raise FetchError("not in the image archives")
         zip_path, name = entry
+        image_format = ZIP_FORMATS[self.spec["catalog"]][0]
         try:
             # The image is checked under a temporary name: only a good one ever appears as ``target``, so a
             # re-run that finds the file can trust it.
             with atomic_path(target) as tmp:
                 with self.zip_lock:
                     archives.extract(zip_path, name, tmp, max_bytes=MAX_IMAGE_BYTES, reader=self.reader)
-                check_image(tmp.read_bytes(), size=None, formats=("PNG",))
+                check_image(tmp.read_bytes(), size=None, formats=(image_format,))
         except archives.ArchiveError as exc:
             raise FetchError(str(exc)) from None
+
+    def _gz2_entry(self, row: pd.Series) -> tuple[Path, str]:
+        """The zip member of the galaxy's first candidate asset that the zips hold (see gz2images)."""
+        from gzmorph.net import FetchError
+        from gzmorph.sources import gz2images
+
+        assets = gz2images.candidates(row.get(gz2images.ASSETS_COLUMN))
+        if not assets:
+            raise FetchError(f"no asset in {self.spec['mapping_file']} for objid {row['id_str']}")
+        for asset in assets:
+            entry = self.asset_index.get(asset)
+            if entry is not None:
+                return entry
+        shown = ", ".join(f"{a}.jpg" for a in assets)
+        raise FetchError(f"asset {shown} not in the image archives")
 
 
 def fetch_one(sources: ImageSources, row: pd.Series, images_dir: Path, chain: Sequence[str]) -> Outcome:
@@ -331,12 +409,12 @@ def fetch_one(sources: ImageSources, row: pd.Series, images_dir: Path, chain: Se
 
     id_str = str(row["id_str"])
     for source in chain:  # an image from an earlier run, whichever source gave it, is kept
-        existing = images_dir / image_name(id_str, EXTENSIONS[source])
+        existing = images_dir / image_name(id_str, sources.extension(source))
         if existing.exists():
             return Outcome(id_str, str(existing), "skipped", source)
     reasons = []
     for i, source in enumerate(chain):
-        target = images_dir / image_name(id_str, EXTENSIONS[source])
+        target = images_dir / image_name(id_str, sources.extension(source))
         try:
             sources.fetch(source, row, target)
             return Outcome(id_str, str(target), "fetched" if i == 0 else "fallback", source)
@@ -351,7 +429,8 @@ def fetch_one(sources: ImageSources, row: pd.Series, images_dir: Path, chain: Se
 REASON_CLASSES = (
     ("timed out", "timed out"), ("IncompleteRead", "truncated body"), ("truncated", "truncated body"),
     ("no such layer", "no such layer"), ("not an image", "not an image"), ("undecodable", "undecodable image"),
-    ("not in the image archives", "not in the image archives"), ("md5", "md5 mismatch"),
+    ("not in the image archives", "not in the image archives"), ("no asset in", "no asset in the mapping"),
+    ("md5", "md5 mismatch"),
     ("over the", "too large"), ("expected", "wrong image size"), ("retries exhausted", "retries exhausted"),
     ("Connection", "connection failed"),
 )
@@ -374,8 +453,16 @@ def fetch_chunk(params: dict[str, Any], survey: str, rows: pd.DataFrame, images_
     """Fetch the images of ``rows``; return (catalog rows with file_loc, quarantine rows, report)."""
     from tqdm import tqdm
 
+    from gzmorph.sources import gz2images
+
     spec = survey_spec(params, survey)
     chain = [spec["images"]] + ([spec["fallback"]] if spec.get("fallback", "none") != "none" else [])
+    if spec["images"] == "zenodo" and not archive_paths:  # else every galaxy would quietly take the fallback
+        raise UserError(f"real.surveys.{survey}.images is zenodo: give the zips with --archives "
+                        "(the manifest `gzmorph fetch archives` writes)")
+    if spec["catalog"] == "gz2-hart16" and spec["images"] == "zenodo" and gz2images.ASSETS_COLUMN not in rows:
+        raise UserError(f"the catalog has no {gz2images.ASSETS_COLUMN!r} column (the join with "
+                        f"{spec['mapping_file']}): make it again with `gzmorph fetch catalog` for images: zenodo")
     threads = params["real"]["threads_per_chunk"]
     images_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -513,16 +600,23 @@ def estimate(params: dict[str, Any], survey: str, catalog_path: Path | None) -> 
 
         # One quick try: an estimate should not sit through a fetch's minutes of back-off.
         quick = HttpSettings(timeout_s=min(10.0, params["real"]["http"]["timeout_s"]), retries=1, backoff_s=0.5)
+        gz2 = spec["catalog"] == "gz2-hart16"
         try:
             files = record_files(params, spec, make_session(quick), quick)
-            chosen = zenodo.select(files, [spec["catalog_file"], *spec["image_files"]])
+            chosen = zenodo.select(files, [spec["mapping_file" if gz2 else "catalog_file"], *spec["image_files"]])
             result["files"] = [{"key": f.key, "bytes": f.size} for f in chosen]
+            result["bytes_basis"] = f"Zenodo record {spec['zenodo_record']} listing"
         except FetchError as exc:
             log.warning("could not list Zenodo record %s (%s); using the published total", spec["zenodo_record"], exc)
-            result["files"] = [{"key": "image zips and catalog (published total, approximate)",
-                                "bytes": PUBLISHED_DECALS_BYTES}]
+            what = "image zip and filename mapping" if gz2 else "image zips and catalog"
+            result["files"] = [{"key": f"{what} (published total, approximate)",
+                                "bytes": PUBLISHED_GZ2_BYTES if gz2 else PUBLISHED_DECALS_BYTES}]
+            result["bytes_basis"] = f"published sizes of Zenodo record {spec['zenodo_record']} (not listed)"
         result["bytes"] = sum(f["bytes"] for f in result["files"])
         result["requests"]["zenodo"] = len(result["files"]) + 1
+        if gz2 and spec.get("fallback") == "skyserver" and spec["skyserver_cutout"]["scale"] == "petrosian":
+            # the fallback's radii are looked up for every galaxy; its cutouts (a few) are not counted
+            result["requests"]["skyserver"] = math.ceil(galaxies / SQL_BATCH)
     else:
         result["files"] = [{"key": f"{galaxies} cutouts", "bytes": galaxies * TYPICAL_BYTES[source]}]
         result["bytes"] = galaxies * TYPICAL_BYTES[source]
@@ -546,6 +640,8 @@ def run_estimate(args: argparse.Namespace) -> None:
         total_bytes += e["bytes"]
         total_hours += e["hours_at_rate_limit"]
         print(f"{survey}: {e['galaxies']:,} galaxies ({e['basis']})")
+        if "bytes_basis" in e:
+            print(f"  bytes from the {e['bytes_basis']}")
         for f in e["files"]:
             print(f"  {f['key']}: {f['bytes'] / 1e9:.2f} GB")
         for service, n in e["requests"].items():

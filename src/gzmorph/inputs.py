@@ -122,14 +122,28 @@ def vote_dataset(shard_dir: str | Path, split: str, spec: QuestionSpec, batch_si
 
 
 def count_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> tuple[int, int]:
-    """(galaxies in the split, galaxies kept by the cut): one pass reading only N (and raw image bytes)."""
-    from gzmorph.shards import make_dataset
+    """(galaxies in the split, galaxies kept by the cut).
 
+    A sum over the manifest's histogram of N for the question (``n_histograms``, written by ``gzmorph
+    shards``): nothing is read but the manifest.  Shards written before the histograms existed are
+    scanned instead (ids and N only, no image decoded), which is logged.
+    """
+    from gzmorph.shards import read_columns, read_manifest
+
+    cut = effective_cut(spec.min_total_votes)
+    entry = read_manifest(shard_dir)["splits"].get(split, {})
+    histogram = entry.get("n_histograms", {}).get(spec.question)
+    if histogram is not None:
+        total = sum(c for _, c in histogram)
+        if total == int(entry["n_galaxies"]):
+            return total, sum(c for n, c in histogram if n >= cut)
+        log.warning("%s: the N histogram of %s in the %s split counts %d galaxies, the manifest %d; scanning",
+                    shard_dir, spec.question, split, total, entry["n_galaxies"])
+    else:
+        log.info("%s: manifest has no N histogram for %s (shards from an older gzmorph); scanning the %s split to "
+                 "count the galaxies with N >= %d", shard_dir, spec.question, split, cut)
     total = kept = 0
-    # Small batches: the reader also parses the images, and a few large batches in flight would cost
-    # hundreds of MB (256 x 128 px galaxies are 12 MB).
-    for _, counts in make_dataset(shard_dir, split, columns=[spec.total_column], batch_size=256,
-                                  counts_dtype="int64").as_numpy_iterator():
+    for _, counts in read_columns(shard_dir, split, [spec.total_column]):
         total += len(counts)
         kept += int(keep_mask(counts[:, 0], spec.min_total_votes).sum())
     return total, kept

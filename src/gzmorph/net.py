@@ -2,7 +2,9 @@
 
 - :func:`make_session`: one ``requests.Session`` per service, with connection reuse and urllib3
   ``Retry`` (exponential back-off, ``Retry-After`` on 429/503) for connect errors, read time-outs and
-  429/5xx answers.  A :class:`RateLimiter` paces every request, retries included.
+  429/5xx answers.  A :class:`RateLimiter` paces every request, retries included; it is shared through a
+  lock file, so by every job on one machine, or on all nodes only when the file is on a shared file system
+  with working locks (otherwise per node: see :class:`RateLimiter` and ``real.rate_limit``).
 - :func:`fetch_bytes`: a small body (an image cutout, a JSON record) with a size limit.
 - :func:`download`: a large file into ``<target>.part``, resumed with HTTP Range after an
   interruption, checked against size and md5, renamed onto ``target`` only when it is right.
@@ -63,6 +65,14 @@ class RateLimiter:
 
     With ``state_file`` the pace is shared by every process (and thread) using that file, through an
     ``fcntl`` lock: the parallel fetch jobs of one service on one machine stay within its limit together.
+
+    Across cluster nodes the sharing holds only where the file is on a file system every node mounts and
+    whose locks work across nodes (NFSv4, Lustre and GPFS with locking on; not NFS mounted ``nolock``).
+    Where the file is on node-local storage (a node's /tmp, a per-job scratch directory), each node has its
+    own file: each node paces itself to ``per_minute`` alone, and N nodes fetching at once send up to
+    N x ``per_minute``.  The fetch stage configures this with ``real.rate_limit`` (see
+    :func:`gzmorph.fetch.rate_limiter`): ``dir``, where the files live (point it at a shared path), and
+    ``nodes``, which divides each service's limit so that N node-local limiters add up to it.
     """
 
     def __init__(self, per_minute: float, state_file: str | os.PathLike[str] | None = None) -> None:

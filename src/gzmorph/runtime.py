@@ -9,6 +9,8 @@
   seeded layers and a seeded shuffle this makes a run repeatable.
 * :func:`precision_policy`: the Keras dtype policy while a model is built: float32, or with
   ``train.mixed_precision`` float16 (GPU) / bfloat16 (CPU) compute.
+* :func:`distribution_strategy`: ``train.distribute``; a ``tf.distribute.MirroredStrategy`` over the visible
+  GPUs (data parallel, one replica per GPU) or None for the ordinary one-device path.
 
 What a stage reads (the vote-count inputs) lives in :mod:`gzmorph.inputs`, how a model is trained in
 :mod:`gzmorph.train`.
@@ -69,3 +71,31 @@ def precision_policy(mixed: bool, gpu: bool) -> Iterator[str]:
         yield name
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+DISTRIBUTE_MODES = ("auto", "mirrored", "none")
+
+
+def distribution_strategy(mode: str = "auto") -> object | None:
+    """The ``tf.distribute`` strategy of ``train.distribute``, or None for the one-device path.
+
+    ``auto``: MirroredStrategy when more than one GPU is visible, else None. ``mirrored``: MirroredStrategy
+    over all visible GPUs, or, with none, over the logical CPUs when there are several (tests split the CPU in
+    two with ``tf.config.set_logical_device_configuration``); one device only gives None, with a warning.
+    ``none``: None. Call after :func:`configure_threads` (listing devices starts TensorFlow's runtime).
+    """
+    import tensorflow as tf
+
+    if mode not in DISTRIBUTE_MODES:
+        raise ValueError(f"train.distribute: {mode!r} is not one of {', '.join(DISTRIBUTE_MODES)}")
+    if mode == "none":
+        return None
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if mode == "mirrored" and not devices:
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(devices) < 2:
+        if mode == "mirrored":
+            log.warning("train.distribute: mirrored, but only %d device is visible; training on it alone",
+                        len(devices))
+        return None
+    return tf.distribute.MirroredStrategy(devices=devices)

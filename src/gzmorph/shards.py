@@ -14,9 +14,20 @@ Layout of ``<out>/``:
 - ``quarantine.parquet``: ``id_str, file_loc, reason`` of every galaxy whose image
   could not be used (always written, possibly empty).
 
-Galaxies are assigned to splits by :mod:`gzmorph.split` (id and seed only),
-sorted by id within a split and cut into ``shard_size`` chunks, so the bytes of
-every shard depend on the catalog alone -- not on ``--threads`` or timing.
+Galaxies are assigned to splits by :mod:`gzmorph.split` (id and seed only) and,
+within a split, put in a seeded random order (:func:`gzmorph.split.order_key`, a hash
+of seed and id, ties broken by id) before being cut into ``shard_size`` chunks: each
+shard is a random sample of its split, not a patch of sky (ids, and catalogs, run in
+sky order).  The bytes of every shard depend on the catalog and seed alone -- not on
+``--threads``, the catalog's row order or timing.
+
+The manifest also records, per split and per question, the histogram of N (the answer
+sum) over the written galaxies (``n_histograms``): :func:`gzmorph.inputs.count_galaxies`
+counts what a cut N >= c keeps from it without reading a shard.
+
+:func:`make_dataset` reads a split's shards ``READ_CYCLE`` files at a time, interleaved
+record by record in a fixed (deterministic) order; for training (``shuffle``) the file
+order is a seeded shuffle, reshuffled every epoch, and records pass a shuffle buffer.
 
 Work is split by cost.  Spawned worker processes (``--threads`` of them) do the
 expensive part -- open, verify, decode and resize each image (:func:`load_image`)
@@ -88,6 +99,10 @@ RESAMPLE_NOTE = "PIL LANCZOS to resolution x resolution (JPEG: libjpeg DCT scali
 CHUNK = 16
 IN_FLIGHT = 4
 DECODED_BUDGET = 64 * 2**20
+
+# Shard files read at once by make_dataset, interleaved record by record.  A constant (not AUTOTUNE, which is
+# the number of cores) so that the reading order is the same on every machine.
+READ_CYCLE = 8
 
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}\.tfrecord$")
 # Temporary names of io.atomic_path and _atomic_shard: "." + target name + "." + random + suffix.
@@ -293,12 +308,17 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.tfrecord"
 
 
-def plan_shards(ids: np.ndarray, split_codes: np.ndarray, shard_size: int) -> list[ShardPlan]:
-    """Which catalog rows form which shard: per split sorted by id_str, cut every shard_size."""
+def plan_shards(ids: np.ndarray, split_codes: np.ndarray, shard_size: int, seed: int = 0) -> list[ShardPlan]:
+    """Which catalog rows form which shard: per split in seeded random order, cut every shard_size.
+
+    The order is by :func:`gzmorph.split.order_key` (seed and id only), ties by id_str, so it does not
+    depend on the catalog's row order and each shard is a random sample of its split.
+    """
     plans = []
+    keys = splitting.order_key(ids, seed)
     for code, split in enumerate(splitting.SPLITS):
         rows = np.flatnonzero(split_codes == code)
-        rows = rows[np.argsort(ids[rows], kind="stable")]
+        rows = rows[np.lexsort((ids[rows], keys[rows]))]
         plans += [ShardPlan(split, index, rows[start:start + shard_size])
                   for index, start in enumerate(range(0, len(rows), shard_size))]
     return plans
@@ -323,9 +343,16 @@ def remove_temp_files(out_dir: Path) -> list[Path]:
     return removed
 
 
+def histogram_pairs(counts: Mapping[int, int]) -> list[list[int]]:
+    """``{N: galaxies}`` as the manifest stores it: ``[[N, galaxies], ...]`` sorted by N."""
+    return [[int(n), int(c)] for n, c in sorted(counts.items()) if c]
+
+
 def build_manifest(results: Sequence[ShardResult], *, tree: str, columns: Sequence[str], resolution: int,
                    shard_size: int, seed: int, fractions: Mapping[str, float], n_catalog: int,
-                   n_quarantined: int, catalog_path: str | None) -> dict[str, Any]:
+                   n_quarantined: int, catalog_path: str | None,
+                   histograms: Mapping[str, Mapping[str, Mapping[int, int]]] | None = None) -> dict[str, Any]:
+    """The manifest; ``histograms``: split -> question -> {N: written galaxies} (``n_histograms``)."""
     splits: dict[str, Any] = {}
     for name in splitting.SPLITS:
         shards = sorted((r for r in results if r.split == name), key=lambda r: r.index)
@@ -335,6 +362,8 @@ def build_manifest(results: Sequence[ShardResult], *, tree: str, columns: Sequen
             "files": [r.file for r in shards],
             "shards": [{"file": r.file, "n_galaxies": r.n_galaxies} for r in shards],
         }
+        if histograms is not None:
+            splits[name]["n_histograms"] = {q: histogram_pairs(h) for q, h in histograms.get(name, {}).items()}
     return {
         "format": FORMAT,
         "catalog": catalog_path,
@@ -401,9 +430,12 @@ def write_shards(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, tree: Dec
     ids = df["id_str"].astype(str).to_numpy()
     locs = df["file_loc"].astype(str).to_numpy()
     vote_cols = [df.columns.get_loc(c) for c in columns]
-    plans = plan_shards(ids, splitting.assign_codes(ids, seed, fractions), shard_size)
+    plans = plan_shards(ids, splitting.assign_codes(ids, seed, fractions), shard_size, seed)
     results: list[ShardResult] = []
     bad: list[tuple[str, str, str]] = []
+    # split -> question -> {N: written galaxies}, for counting cuts without reading shards
+    totals = {q.name: list(columns).index(q.total_column) for q in tree.questions}
+    histograms: dict[str, dict[str, dict[int, int]]] = {s: {q: {} for q in totals} for s in splitting.SPLITS}
     try:
         with OrderedDecoder(_plan_rows(plans, ids, locs), resolution, threads) as decoder, \
                 tqdm(total=len(df), unit="galaxy", desc=f"shards {out.name}", file=sys.stderr,
@@ -415,6 +447,7 @@ def write_shards(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, tree: Dec
                 # this shard's rows only; totals as N (answer sums)
                 counts = model_counts(df.iloc[plan.rows, vote_cols].to_numpy(np.int64), columns, tree)
                 written = 0
+                kept = np.zeros(len(plan.rows), dtype=bool)
                 with _atomic_shard(out / shard_name(plan.split, plan.index)) as writer:
                     for row, r in enumerate(plan.rows.tolist()):
                         id_str, pixels, reason = next(decoded)
@@ -425,7 +458,12 @@ def write_shards(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, tree: Dec
                         else:
                             writer.write(galaxy_example(pixels, resolution, id_str, columns, counts[row].tolist()))
                             written += 1
+                            kept[row] = True
                         bar.update(1)
+                for q, col in totals.items():
+                    hist = histograms[plan.split][q]
+                    for n, c in zip(*np.unique(counts[kept, col], return_counts=True), strict=True):
+                        hist[int(n)] = hist.get(int(n), 0) + int(c)
                 results.append(ShardResult(plan.split, plan.index, shard_name(plan.split, plan.index), written))
     finally:
         remove_temp_files(out)  # a run killed mid-shard cannot clean up after itself; the next one does this too
@@ -440,6 +478,7 @@ def write_shards(df: pd.DataFrame, out_dir: str | os.PathLike[str], *, tree: Dec
     manifest = build_manifest(
         results, tree=tree.name, columns=columns, resolution=resolution, shard_size=shard_size, seed=seed,
         fractions=fractions, n_catalog=len(df), n_quarantined=len(bad), catalog_path=catalog_path,
+        histograms=histograms,
     )
     write_json(out / MANIFEST, manifest)
 
@@ -500,6 +539,30 @@ def shard_files(shard_dir: str | os.PathLike[str], split: str, manifest: Mapping
     return [str(Path(shard_dir) / name) for name in manifest["splits"][split]["files"]]
 
 
+def read_columns(shard_dir: str | os.PathLike[str], split: str, columns: Sequence[str], batch_size: int = 4096
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(id_str bytes [B], int64 counts [B, len(columns)]) per batch of a split, in :func:`make_dataset`'s order.
+
+    Only ids and the named count features are parsed: no image is decoded or copied, so memory holds
+    one batch of ids and counts (plus the records being read).
+    """
+    import tensorflow as tf
+
+    columns = tuple(columns)
+    spec = {ID_KEY: tf.io.FixedLenFeature([], tf.string)}
+    spec.update({c: tf.io.FixedLenFeature([], tf.int64) for c in columns})
+
+    def parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        f = tf.io.parse_example(serialized, spec)
+        return f[ID_KEY], tf.stack([f[c] for c in columns], axis=1)
+
+    paths = shard_files(shard_dir, split)
+    files = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(READ_CYCLE, len(paths))), block_length=1,
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    yield from ds.batch(batch_size).map(parse).prefetch(1).as_numpy_iterator()
+
+
 def make_dataset(shard_dir: str | os.PathLike[str], split: str, columns: Sequence[str] | None = None,
                  batch_size: int = 32, shuffle: bool = False, seed: int | None = None, repeat: bool = False,
                  with_ids: bool = False, counts_dtype: str = "float32", shuffle_buffer: int = 2048,
@@ -507,8 +570,11 @@ def make_dataset(shard_dir: str | os.PathLike[str], split: str, columns: Sequenc
     """Batches of ``(image, vote_counts)`` or, with ``with_ids``, ``(image, vote_counts, id_str)``.
 
     ``image`` is uint8 [B, R, R, 3]; ``vote_counts`` is ``counts_dtype`` [B, len(columns)] in the
-    order of ``columns`` (default: every vote column of the tree, in tree order).  Shuffling
-    permutes shard order and records (buffer ``shuffle_buffer``), reshuffled every epoch.
+    order of ``columns`` (default: every vote column of the tree, in tree order).  ``READ_CYCLE`` shard
+    files are read at once, interleaved record by record in a deterministic order (the same on any
+    machine): manifest order without ``shuffle``; with it, a seeded shuffle of the files, reshuffled every
+    epoch, then a ``shuffle_buffer`` record shuffle.  Shards are written in random order within a split,
+    so even the unshuffled order is not sky order.
     Note: Keras ``fit`` would read a third element as sample weights, so use ``with_ids``
     for prediction bookkeeping, not training.
     """
@@ -530,11 +596,12 @@ def make_dataset(shard_dir: str | os.PathLike[str], split: str, columns: Sequenc
         counts = tf.cast(tf.stack([f[c] for c in columns], axis=1), dtype)
         return (image, counts, f[ID_KEY]) if with_ids else (image, counts)
 
-    paths = tf.constant(shard_files(shard_dir, split, manifest), tf.string)
-    files = tf.data.Dataset.from_tensor_slices(paths)
+    paths = shard_files(shard_dir, split, manifest)
+    files = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string))
     if shuffle:
-        files = files.shuffle(max(1, len(manifest["splits"][split]["files"])), seed=seed)
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+        files = files.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(READ_CYCLE, len(paths))), block_length=1,
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if repeat:

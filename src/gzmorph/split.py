@@ -31,6 +31,18 @@ def split_uniform(ids: Iterable[object], seed: int) -> np.ndarray:
     return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def order_key(ids: Iterable[object], seed: int) -> np.ndarray:
+    """Per id a uint64 that orders galaxies at random (a hash of seed and id, independent of the split's).
+
+    ``gzmorph shards`` writes each split in this order, so every shard is a random sample of its split.
+    """
+    prefix = f"order:{int(seed)}:".encode()
+    digests = b"".join(
+        hashlib.blake2b(prefix + str(i).encode(), digest_size=_DIGEST_BYTES).digest() for i in ids
+    )
+    return np.frombuffer(digests, dtype=">u8").astype(np.uint64)
+
+
 def thresholds(fractions: Mapping[str, float]) -> np.ndarray:
     """Upper edges of each split's interval in [0, 1], in :data:`SPLITS` order."""
     unknown = set(fractions) - set(SPLITS)

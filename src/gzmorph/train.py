@@ -37,7 +37,9 @@ kept epoch (``--model``, a ``.keras`` file), the per-epoch history CSV (``epoch,
 val_loss``; ``learning_rate`` is the rate at the end of the epoch, before ReduceLROnPlateau acts) and a
 loss-curve figure with the kept epoch marked.
 
-Runtime: GPU when TensorFlow sees one, CPU otherwise, with no change to the code path.
+Runtime: GPU when TensorFlow sees one, CPU otherwise, with no change to the code path.  With more than one
+GPU (``train.distribute``: ``auto``, the default, or ``mirrored``) the model is built and trained under a
+``tf.distribute.MirroredStrategy``, one replica per GPU, ``train.batch_size`` per replica (see :func:`train`).
 ``--threads`` sets TensorFlow's intra/inter-op and tf.data thread pools.  ``train.mixed_precision``
 computes in float16 (GPU) or bfloat16 (CPU); augmentation, logits and loss stay float32.
 Seeds (:func:`gzmorph.runtime.seed_everything`) plus seeded layers and a seeded shuffle make a run repeatable.
@@ -115,16 +117,20 @@ class FitSettings:
                               f"train.learning_rate {self.learning_rate:g}")
 
 
-def fit_settings(params: dict[str, Any], section: str = "train") -> FitSettings:
+def fit_settings(params: dict[str, Any], section: str = "train", question: str | None = None) -> FitSettings:
     """:class:`FitSettings` of ``train`` or ``active_learning``.
 
     The peak and final learning rates and the kind of schedule are always ``train``'s; epoch counts
-    (``max_epochs, min_epochs, patience, warmup_epochs, plateau_patience``) are the section's own.
+    (``max_epochs, min_epochs, patience, warmup_epochs, plateau_patience``) are the section's own, except
+    that ``train.questions.<question>.max_epochs``, where set, overrides ``train.max_epochs``.
     """
     tp, own = params["train"], params[section]
+    max_epochs = own["max_epochs"]
+    if section == "train" and question is not None:
+        max_epochs = tp["questions"][question].get("max_epochs", max_epochs)
     return FitSettings(
         learning_rate=float(tp["learning_rate"]), schedule=str(tp["schedule"]),
-        min_learning_rate=float(tp["min_learning_rate"]), max_epochs=int(own["max_epochs"]),
+        min_learning_rate=float(tp["min_learning_rate"]), max_epochs=int(max_epochs),
         min_epochs=int(own["min_epochs"]), patience=int(own["patience"]), warmup_epochs=int(own["warmup_epochs"]),
         plateau_patience=int(own["plateau_patience"]),
     )
@@ -356,6 +362,7 @@ class TrainResult:
     n_val: int
     device: str
     policy: str
+    replicas: int = 1  # model replicas training in sync (train.distribute); 1 on the one-device path
 
 
 def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_path: str | Path,
@@ -364,14 +371,20 @@ def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_pa
     """Train the question's model on the shards' train split, early-stopped on the val split."""
     from gzmorph import io
     from gzmorph.inputs import question_spec, require_galaxies, vote_dataset
-    from gzmorph.runtime import configure_threads, describe_device, precision_policy, seed_everything
+    from gzmorph.runtime import (
+        configure_threads,
+        describe_device,
+        distribution_strategy,
+        precision_policy,
+        seed_everything,
+    )
     from gzmorph.shards import read_manifest
 
     if Path(model_path).suffix != ".keras":
         raise ConfigError(f"--model {model_path}: must end in .keras (the Keras v3 format)")
     manifest = read_manifest(shard_dir)  # FileNotFoundError with a plain message when missing
     spec = question_spec(params, question, manifest["tree"])
-    settings = fit_settings(params, "train")
+    settings = fit_settings(params, "train", question)
     configure_threads(threads)
     device, gpu = describe_device()
     log.info("training %s (%s = %s) on %s", question, spec.votes_column, spec.answer, device)
@@ -380,23 +393,34 @@ def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_pa
     seed = int(params["seed"])
     # Before any dataset exists: tf.data's shuffle order depends on the global seed as well as its own.
     seed_everything(seed, gpu)
-    batch_size = int(tp["batch_size"])
+    # train.distribute: with several GPUs, one replica per GPU (MirroredStrategy). train.batch_size is the
+    # batch of ONE replica, so the global batch the dataset yields (and Keras splits) is batch_size x replicas:
+    # each GPU holds the batch it was sized for and an epoch takes 1/replicas the steps. The learning rate is
+    # not scaled. One device (or distribute: none): strategy None, the unchanged path.
+    strategy = distribution_strategy(str(tp.get("distribute", "auto")))
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    if strategy is not None:
+        log.info("MirroredStrategy over %d replicas (%s); global batch %d x %d", replicas,
+                 ", ".join(strategy.extended.worker_devices), int(tp["batch_size"]), replicas)
+    batch_size = int(tp["batch_size"]) * replicas
     n_train = require_galaxies(shard_dir, "train", spec)
     n_val = require_galaxies(shard_dir, "val", spec)
     train_ds = vote_dataset(shard_dir, "train", spec, batch_size, shuffle=True, seed=seed, threads=threads,
                             n_galaxies=n_train)
     val_ds = vote_dataset(shard_dir, "val", spec, batch_size, threads=threads, n_galaxies=n_val)
 
-    with precision_policy(bool(tp["mixed_precision"]), gpu) as policy:
-        model = build_question_model(params, spec, manifest["resolution"])
-    log.info("dtype policy %s; %d trainable parameters; %s learning rate %g, %d-%d epochs", policy,
-             model.count_params(), settings.schedule, settings.learning_rate, settings.min_epochs,
-             settings.max_epochs)
-    try:
-        result = fit(model, train_ds, val_ds, settings=settings, checkpoint=model_path, history=history_path,
-                     verbose=_progress_verbosity(progress))
-    except TrainingDiverged as exc:
-        raise TrainingDiverged(f"training {question}: {exc}; no model saved") from None
+    with scope:  # variables (model, optimizer) are created, and mirrored, under the strategy
+        with precision_policy(bool(tp["mixed_precision"]), gpu) as policy:
+            model = build_question_model(params, spec, manifest["resolution"])
+        log.info("dtype policy %s; %d trainable parameters; %s learning rate %g, %d-%d epochs", policy,
+                 model.count_params(), settings.schedule, settings.learning_rate, settings.min_epochs,
+                 settings.max_epochs)
+        try:
+            result = fit(model, train_ds, val_ds, settings=settings, checkpoint=model_path,
+                         history=history_path, verbose=_progress_verbosity(progress))
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"training {question}: {exc}; no model saved") from None
     history, kept = result.history, result.kept_epoch
     if figure_path is not None:
         io.save_figure(loss_figure(history, kept, settings.min_epochs,
@@ -405,7 +429,7 @@ def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_pa
     log.info("%s: %d epochs (%s), kept epoch %d (val_loss %.4f) -> %s", question, len(history),
              "stopped early" if result.stopped_early else "max_epochs reached", kept + 1,
              history["val_loss"].iloc[kept], model_path)
-    return TrainResult(history, kept, n_train, n_val, device, policy)
+    return TrainResult(history, kept, n_train, n_val, device, policy, replicas)
 
 
 def load_model(path: str | Path, compile: bool = False) -> keras.Model:

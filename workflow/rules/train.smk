@@ -13,7 +13,7 @@ rule train:
         settings=P("seed", "train.survey", "train.questions.{question}", "train.input_size", "train.batch_size",
                    "train.max_epochs", "train.min_epochs", "train.patience", "train.learning_rate", "train.schedule",
                    "train.warmup_epochs", "train.min_learning_rate", "train.plateau_patience", "train.dropout_rate",
-                   "train.mixed_precision"),
+                   "train.mixed_precision", "train.distribute"),
         args=PARAMS_ARGS,
     log:
         "logs/train_{question}.log",

@@ -2,7 +2,9 @@
 
 Galaxy Zoo DECaLS (Walmsley et al. 2021) is record 4573248: the volunteer catalogs and the
 ``gz_decals_dr5_png_part<n>.zip`` image archives, laid out as ``J###/<iauname>.png``
-(see :func:`gzmorph.sources.gzdecals.zip_member`).  ``GET /api/records/<id>`` lists the files with an
+(see :func:`gzmorph.sources.gzdecals.zip_member`); the Galaxy Zoo 2 images are record 3565489
+(``images_gz2.zip`` and ``gz2_filename_mapping.csv``, see :mod:`gzmorph.sources.gz2images`).
+``GET /api/records/<id>`` lists the files with an
 ``md5:`` checksum each;
 :func:`download_file` resumes an interrupted download and lands a file only once its md5 matches.
 """
