@@ -56,7 +56,9 @@ def check_outputs(workdir: Path, params: dict) -> None:
         df = catalog.load(workdir / f"data/catalogs/{survey}.parquet")
         assert len(df) > 10 and (df["survey"] == survey).all()
         for loc in df["file_loc"].head(3):
-            assert (workdir / loc).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            magic = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff"}[
+                params["simulate"]["surveys"][survey]["image_format"]]
+            assert (workdir / loc).read_bytes().startswith(magic)
         manifest = json.loads((workdir / f"data/shards/{survey}/manifest.json").read_text())
         quarantine = pd.read_parquet(workdir / f"data/shards/{survey}/quarantine.parquet")
         n_sharded = sum(s["n_galaxies"] for s in manifest["splits"].values())
