@@ -81,8 +81,9 @@ def tiny_params(root: Path, **train: object) -> dict:
     path = root / "override.yaml"
     path.write_text(yaml.safe_dump(override))
     params = config.load([ROOT / "params.yaml", path])
-    for q in params["train"]["questions"].values():  # the questions' own epoch counts follow train.max_epochs here
-        q.pop("max_epochs", None)
+    if "questions" not in train:  # unless set here, the questions' own epoch counts follow train.max_epochs
+        for q in params["train"]["questions"].values():
+            q.pop("max_epochs", None)
     return params
 
 
