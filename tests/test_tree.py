@@ -1,6 +1,6 @@
 import pytest
 
-from gzmorph.tree import DECALS_DR5, GZ2, Answer, DecisionTree, Question, get_tree
+from gzmorph.tree import DECALS_DR5, GZ2, TREES, Answer, DecisionTree, Question, get_tree
 
 
 def test_gz2_has_37_answers_with_hart16_columns():
@@ -49,3 +49,17 @@ def test_unknown_names_raise_helpful_errors():
         GZ2.question("colour")
     with pytest.raises(KeyError, match="answers"):
         GZ2.question("bar").column("strong")
+
+
+@pytest.mark.parametrize("tree", list(TREES.values()), ids=lambda t: t.name)
+def test_answer_slices_cover_answer_columns_in_order(tree):
+    slices = tree.answer_slices
+    assert list(slices) == list(tree.question_names)
+    flat = []
+    for q in tree.questions:
+        s = slices[q.name]
+        assert s.stop - s.start == len(q.answers)
+        flat.extend(tree.answer_columns[s])
+        assert tuple(tree.answer_columns[s]) == q.answer_columns
+    assert tuple(flat) == tree.answer_columns
+    assert slices[tree.questions[-1].name].stop == tree.n_answers()

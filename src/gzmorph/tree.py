@@ -96,6 +96,19 @@ class DecisionTree:
     def n_answers(self) -> int:
         return sum(len(q.answers) for q in self.questions)
 
+    @cached_property
+    def answer_slices(self) -> dict[str, slice]:
+        """Per question, its answers' slice of the flat answer axis (``answer_columns`` order).
+
+        A whole-tree model's head has one output per answer in this order; the loss, the posterior
+        catalog and tree BALD read a question's answers through these slices (as zoobot's Schema).
+        """
+        slices, start = {}, 0
+        for q in self.questions:
+            slices[q.name] = slice(start, start + len(q.answers))
+            start += len(q.answers)
+        return slices
+
 
 def _q(name: str, answers: list[str] | list[tuple[str, str]], after: list[tuple[str, str]] | None = None) -> Question:
     ans = tuple(Answer(a) if isinstance(a, str) else Answer(a[0], raw=a[1]) for a in answers)
