@@ -174,7 +174,8 @@ def _beta_binomial_mixture_chunk(a: np.ndarray, b: np.ndarray, n: np.ndarray, k:
     log_comb = gammaln(n_ + 1.0) - gammaln(kk + 1.0) - gammaln(n_minus_k + 1.0)  # [g, K]
     a3, b3 = a[:, :, None], b[:, :, None]
     # log B(k + a, N - k + b) - log B(a, b); B(x, y) = Gamma(x) Gamma(y) / Gamma(x + y)
-    log_beta_ratio = (gammaln(kk[:, None, :] + a3) + gammaln(n_minus_k[:, None, :] + b3) - gammaln(n_[:, None] + a3 + b3)
+    k3, rest3 = kk[:, None, :], n_minus_k[:, None, :]
+    log_beta_ratio = (gammaln(k3 + a3) + gammaln(rest3 + b3) - gammaln(n_[:, None] + a3 + b3)
                       - gammaln(a3) - gammaln(b3) + gammaln(a3 + b3))  # [g, T, K]
     pmf = np.exp(log_comb[:, None, :] + log_beta_ratio).mean(axis=1)
     return np.where(valid, pmf, 0.0)
