@@ -214,6 +214,17 @@ def expected_fractions(alpha: np.ndarray) -> np.ndarray:
     return (alpha / alpha.sum(axis=2, keepdims=True)).mean(axis=1)
 
 
+def tree_expected_fractions(alpha: np.ndarray, tree: DecisionTree) -> np.ndarray:
+    """:func:`expected_fractions` of every question: alpha [G, T, answers of the tree] -> [G, answers]."""
+    alpha = validate_concentrations(alpha)
+    if alpha.shape[2] != tree.n_answers():
+        raise ValueError(f"alpha has {alpha.shape[2]} answers, tree {tree.name!r} has {tree.n_answers()}")
+    out = np.empty((alpha.shape[0], alpha.shape[2]))
+    for sl in tree.answer_slices.values():
+        out[:, sl] = expected_fractions(alpha[:, :, sl])
+    return out
+
+
 def fraction_std(alpha: np.ndarray) -> np.ndarray:
     """Posterior std of each answer's vote fraction rho_a under the T-mixture of Dirichlets: [G, T, A] -> [G, A].
 
