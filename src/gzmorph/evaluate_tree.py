@@ -338,31 +338,41 @@ def question_gallery(question: Question, alpha: np.ndarray, asked: np.ndarray, s
     return Gallery(question.name, rows, scores)
 
 
+def mosaic(images: Sequence[Sequence[np.ndarray | None]], size: int, pad: int = 2) -> np.ndarray:
+    """One uint8 RGB array of ``images`` (rows of up to ``size`` [R, R, 3] images; None: a grey tile), white gaps.
+
+    A single image drawn once is far cheaper than one matplotlib axes per galaxy (dozens per figure).
+    """
+    first = next((im for row in images for im in row if im is not None), None)
+    r = first.shape[0] if first is not None else 32
+    out = np.full((len(images) * (r + pad) + pad, size * (r + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(images):
+        for j, image in enumerate(row[:size]):
+            y, x = pad + i * (r + pad), pad + j * (r + pad)
+            out[y : y + r, x : x + r] = 160 if image is None else np.broadcast_to(image[:r, :r], (r, r, 3))
+    return out
+
+
 def gallery_figure(gallery: Gallery, ids: np.ndarray, images: Mapping[str, np.ndarray], size: int) -> Figure:
-    """One row per answer (its most confident galaxies) and a last row of the most uncertain ones."""
+    """One row per answer (its most confident galaxies, best first) and a last row of the most uncertain ones,
+    each image captioned with its id and expected fraction f (or posterior std)."""
     plt = _plt()
     labels = list(gallery.rows)
-    fig, axes = plt.subplots(len(labels), size, figsize=(1.5 * size + 1.2, 1.65 * len(labels) + 0.6),
-                             squeeze=False, constrained_layout=True)
+    grid = [[images.get(str(ids[i])) for i in gallery.rows[label]] for label in labels]
+    tiles = mosaic(grid, size)
+    cell = tiles.shape[0] / len(labels)
+    fig, ax = plt.subplots(figsize=(1.45 * size + 1.6, 1.6 * len(labels) + 0.7))
+    ax.imshow(tiles, extent=(0, size, len(labels), 0), interpolation="nearest")
     for r, label in enumerate(labels):
-        for c in range(size):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(gallery.rows[label]):
-                ax.axis("off")
-                continue
-            i = gallery.rows[label][c]
-            image = images.get(str(ids[i]))
-            if image is not None:
-                ax.imshow(image)
-            else:
-                ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=7)
-            what = "std" if label == "most uncertain" else "f"
-            ax.set_title(f"{ids[i]}\n{what} = {gallery.scores[label][c]:.2f}", fontsize=6.5)
-        axes[r, 0].set_ylabel(label, fontsize=9)
-    fig.suptitle(f"{gallery.question}: most confident galaxies per answer (expected fraction f) and most uncertain "
-                 "(posterior std)", fontsize=10)
+        what = "std" if label == "most uncertain" else "f"
+        for c, i in enumerate(gallery.rows[label]):
+            ax.text(c + 0.5, r + 0.02, f"{ids[i]}  {what}={gallery.scores[label][c]:.2f}", ha="center", va="bottom",
+                    fontsize=6, color="black", clip_on=False, bbox={"fc": "white", "ec": "none", "pad": 0.5})
+    ax.set_yticks(np.arange(len(labels)) + 0.5, labels, fontsize=9)
+    ax.set_xticks([])
+    ax.set_title(f"{gallery.question}: per answer the most confident galaxies (f = expected fraction),\n"
+                 f"last row the most uncertain (posterior std); {cell:.0f} px per image", fontsize=9)
+    fig.tight_layout()
     return fig
 
 
