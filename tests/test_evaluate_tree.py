@@ -175,10 +175,10 @@ def survey(tmp_path_factory):
 
 
 def test_load_concentrations_round_trip_and_bad_input(survey, tmp_path):
-    ids, alpha, point = et.load_concentrations(survey["posteriors"], GZ2)
+    ids, alpha = et.load_concentrations(survey["posteriors"], GZ2)
     np.testing.assert_array_equal(ids, survey["ids"])
     np.testing.assert_array_equal(alpha, survey["alpha"])
-    assert point is None
+    assert et.load_deterministic(survey["posteriors"], GZ2) is None
     table = pq.read_table(survey["posteriors"]).drop_columns(["bar_yes_concentration"])
     pq.write_table(table, tmp_path / "bad.parquet")
     with pytest.raises(UserError, match="bar_yes_concentration"):
@@ -237,3 +237,33 @@ def test_cli_errors_name_the_problem(survey, tmp_path, capsys):
     assert main(["evaluate-tree", "--posteriors", str(survey["posteriors"]), "--catalog",
                  str(tmp_path / "small.parquet"), "--out-dir", str(tmp_path)]) == 2
     assert "have no votes, e.g. id '2000010'" in capsys.readouterr().err
+
+
+def test_deterministic_concentrations_are_a_third_posterior(survey, tmp_path):
+    table = pq.read_table(survey["posteriors"])
+    point = survey["alpha"].mean(axis=1) * 2  # any positive values: one per galaxy and answer
+    for j, col in enumerate(GZ2.answer_columns):
+        table = table.append_column(f"{col}_concentration_deterministic", pa.array(point[:, j]))
+    pq.write_table(table, tmp_path / "with_point.parquet")
+    metrics = et.evaluate_tree(tmp_path / "with_point.parquet", tmp_path / "out", catalog=survey["catalog"],
+                               gallery_size=0)
+    assert metrics["kinds"] == ["mc", "t1", "deterministic"]
+    q = GZ2.question("bar")
+    k = survey["df"][list(q.answer_columns)].to_numpy()
+    n = k.sum(axis=1)
+    p = point[:, GZ2.answer_slices["bar"]]
+    f = p / p.sum(axis=1, keepdims=True)
+    want = np.sqrt(np.mean((f[n > 0] - k[n > 0] / n[n > 0, None]) ** 2))
+    assert math.isclose(metrics["questions"]["bar"]["rmse_vs_vote_fraction"]["deterministic"], want, rel_tol=1e-5)
+    assert set(metrics["questions"]["bar"]["coverage_error"]) == {"mc", "t1", "deterministic"}
+
+
+def test_non_positive_concentration_is_named(survey, tmp_path):
+    table = pq.read_table(survey["posteriors"])
+    values = table.column("bar_no_concentration").to_pylist()
+    values[5][2] = 0.0
+    i = table.column_names.index("bar_no_concentration")
+    table = table.set_column(i, "bar_no_concentration", pa.array(values, pa.list_(pa.float32())))
+    pq.write_table(table, tmp_path / "bad.parquet")
+    with pytest.raises(UserError, match="'bar_no_concentration', row 5"):
+        et.load_concentrations(tmp_path / "bad.parquet", GZ2)

@@ -82,40 +82,48 @@ _PMF_CHUNK = 4096  # galaxies per pmf chunk: [chunk, max N + 1] float64 stays a 
 
 # ---------------------------------------------------------------------------------------------- inputs
 
-def load_concentrations(path: str | Path, tree: DecisionTree) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(ids [G] str, alpha float32 [G, T, answers], deterministic alpha [G, answers] or None) of a posterior
-    catalog, on the tree's flat answer axis (``tree.answer_columns``)."""
+def load_concentrations(path: str | Path, tree: DecisionTree) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [G] str, alpha float32 [G, T, answers] in ``tree.answer_columns`` order) of a posterior catalog.
+
+    The interface agreed with the posterior catalog's writer (issue 12 part A, ``tree_catalog``); bad
+    input stops with one line naming file, column and row.
+    """
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such posterior catalog") from None
-    names = set(table.column_names)
     columns = [f"{c}{CONCENTRATION_SUFFIX}" for c in tree.answer_columns]
-    missing = [c for c in ("id_str", *columns) if c not in names]
+    missing = [c for c in ("id_str", *columns) if c not in schema.names]
     if missing:
         raise UserError(f"{path}: not a posterior catalog of tree {tree.name!r} (missing columns {missing[:3]}"
                         f"{' ...' if len(missing) > 3 else ''})")
+    table = pq.read_table(path, columns=["id_str", *columns])
     g = len(table)
-    passes = None
-    alpha = np.empty((g, 0, len(columns)), np.float32)
-    for j, column in enumerate(columns):
-        values = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        if passes is None:
-            passes = len(values) // max(g, 1)
-            alpha = np.empty((g, passes, len(columns)), np.float32)
-        if len(values) != g * passes or passes == 0:
+    values = [table.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False) for c in columns]
+    passes = len(values[0]) // max(g, 1)
+    for column, v in zip(columns, values, strict=True):
+        if passes == 0 or len(v) != g * passes:
             raise UserError(f"{path}: column {column!r}: concentration lists are not all of length {passes}")
-        alpha[:, :, j] = values.reshape(g, passes)
+    alpha = np.stack([v.reshape(g, passes) for v in values], axis=-1).astype(np.float32, copy=False)
     bad = ~np.isfinite(alpha) | (alpha <= 0)
     if bad.any():
         row, _, j = np.argwhere(bad)[0]
-        raise UserError(f"{path}: column {columns[j]!r}, row {row}: concentration {alpha[row, :, j]} is not > 0")
-    point_columns = [f"{c}{DETERMINISTIC_SUFFIX}" for c in tree.answer_columns]
-    point = (np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in point_columns])
-             if all(c in names for c in point_columns) else None)
-    return table.column("id_str").to_numpy(zero_copy_only=False).astype(str), alpha, point
+        raise UserError(f"{path}: column {columns[j]!r}, row {row}: concentrations {alpha[row, :, j]} are not > 0")
+    return table.column("id_str").to_numpy(zero_copy_only=False).astype(str), alpha
+
+
+def load_deterministic(path: str | Path, tree: DecisionTree) -> np.ndarray | None:
+    """[G, answers] concentrations of the network without dropout, if the catalog has
+    ``<q>_<a>_concentration_deterministic`` for every answer; else None."""
+    import pyarrow.parquet as pq
+
+    columns = [f"{c}{DETERMINISTIC_SUFFIX}" for c in tree.answer_columns]
+    if not set(columns) <= set(pq.read_schema(path).names):
+        return None
+    table = pq.read_table(path, columns=columns)
+    return np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in columns])
 
 
 def catalog_counts(catalog_df: pd.DataFrame, tree: DecisionTree, ids: Sequence[str], source: str) -> np.ndarray:
@@ -462,7 +470,8 @@ def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | De
 
             tree = read_manifest(shards)["tree"]
     tree = get_tree(tree) if isinstance(tree, str) else tree
-    ids, alpha, point = load_concentrations(posteriors, tree)
+    ids, alpha = load_concentrations(posteriors, tree)
+    point = load_deterministic(posteriors, tree)
     if not len(ids):
         raise UserError(f"{posteriors}: no galaxies to evaluate")
     counts = (catalog_counts(catalog_df, tree, ids, str(catalog)) if catalog_df is not None
