@@ -59,7 +59,7 @@ def test_question_metrics_by_hand():
     assert m["rmse_vs_true_rho"]["answers"] == ["yes"]
     # volunteers: galaxy 0 ties -> yes, galaxy 1 no; model: yes, yes (0.5/0.5 tie -> yes)
     assert m["confusion"]["matrix"] == [[1, 0], [1, 0]] and m["confusion"]["agreement"] == 0.5
-    assert set(m["coverage_error"]) == {"mc", "t1"}
+    assert set(m["coverage_error"]) == {"mc", "t1", "truth"}  # truth: the oracle Bin(k | N, true rho)
     per = r.per_answer.set_index("answer")
     assert math.isclose(per.loc["yes", "rmse_true_rho_mc"], m["rmse_vs_true_rho"]["mc"])
     assert "rmse_true_rho_mc" not in per.columns or math.isnan(per.loc["no", "rmse_true_rho_mc"])
@@ -87,6 +87,31 @@ def test_coverage_pools_answers_and_uses_the_beta_binomial_marginal():
     np.testing.assert_allclose(cal.loc["all"]["expected_mc"].to_numpy(), total_expected)
     t1 = coverage_counts(answer_mixture_pmf(alpha[asked, :1], n[asked], 0), counts[asked, 0], n[asked], eps)
     np.testing.assert_allclose(cal.loc["strong"]["expected_t1"].to_numpy(), t1.expected)
+
+
+def test_oracle_uses_the_true_rho_of_the_answers_that_have_one():
+    from gzmorph.evaluate import coverage_counts
+    from gzmorph.posterior import single_pass_pmf
+
+    rng = np.random.default_rng(4)
+    q = DECALS_DR5.question("bar")
+    rho = rng.dirichlet([2, 2, 2], 400)
+    n = rng.integers(0, 40, 400)
+    counts = rng.multinomial(n, rho)
+    truth = rho.copy()
+    truth[:, 1] = np.nan  # the simulator stored no true rho for 'weak'
+    truth[:7, 0] = np.nan  # nor for a few galaxies' 'strong'
+    eps = np.array([0.02, 0.05, 0.1, 0.2])
+    r = et.evaluate_question(q, _model(400, 3, 3, rng), counts, truth=truth, epsilons=eps)
+    cal = r.calibration.set_index(["answer", "epsilon"])
+    ok = (n >= 1) & np.isfinite(truth[:, 0])
+    want = coverage_counts(single_pass_pmf(rho[ok, 0], n[ok]), counts[ok, 0], n[ok], eps)
+    np.testing.assert_allclose(cal.loc["strong"]["expected_truth"].to_numpy(), want.expected)
+    assert cal.loc["weak"]["expected_truth"].isna().all()
+    no = coverage_counts(single_pass_pmf(rho[n >= 1, 2], n[n >= 1]), counts[n >= 1, 2], n[n >= 1], eps)
+    np.testing.assert_allclose(cal.loc["all"]["actual_truth"].to_numpy(), want.actual + no.actual)
+    # multinomial votes of the true rho: the oracle is calibrated
+    assert all(abs(v) < 0.06 for v in r.metrics["coverage_error"]["truth"].values())
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -255,7 +280,7 @@ def test_deterministic_concentrations_are_a_third_posterior(survey, tmp_path):
     f = p / p.sum(axis=1, keepdims=True)
     want = np.sqrt(np.mean((f[n > 0] - k[n > 0] / n[n > 0, None]) ** 2))
     assert math.isclose(metrics["questions"]["bar"]["rmse_vs_vote_fraction"]["deterministic"], want, rel_tol=1e-5)
-    assert set(metrics["questions"]["bar"]["coverage_error"]) == {"mc", "t1", "deterministic"}
+    assert set(metrics["questions"]["bar"]["coverage_error"]) == {"mc", "t1", "deterministic", "truth"}
 
 
 def test_non_positive_concentration_is_named(survey, tmp_path):

@@ -11,7 +11,9 @@ Per question q with answers a (N = the answers' sum, :func:`gzmorph.catalog.answ
   answer's vote count k_a, whose posterior is the T-mixture of beta-binomials BetaBin(N, alpha_a,
   A - alpha_a), the exact marginal of each pass's DM (:func:`gzmorph.posterior.answer_mixture_pmf`).
   Three posteriors as in ``gzmorph evaluate``: ``mc`` (all T passes), ``t1`` (pass 0 alone, the paper's
-  "without MC"), ``deterministic`` (when the catalog has it).  The question's coverage error pools its
+  "without MC"), ``deterministic`` (when the catalog has it); on simulated data also ``truth``, the oracle
+  Bin(k_a | N, true rho_a) (what a perfect fraction predictor reaches: the simulated votes are
+  over-dispersed, so it is itself overconfident by that much).  The question's coverage error pools its
   answers: (sum_a C_expected - sum_a C_actual) / sum_a C_actual.  Galaxies with N >= ``min_votes``.
 - **RMSE** of the expected vote fraction mean_t alpha_a / A against k_a / N, pooled over the answers and
   galaxies with N >= ``min_votes`` (>= 1: a question nobody answered has no k/N); per answer in
@@ -43,7 +45,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,7 +63,7 @@ from gzmorph.evaluate import (
     rmse,
     truth_for,
 )
-from gzmorph.posterior import answer_mixture_pmf, expected_fractions, fraction_std
+from gzmorph.posterior import answer_mixture_pmf, expected_fractions, fraction_std, single_pass_pmf
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -174,17 +176,36 @@ def shard_images(shard_dir: str | Path, ids: Sequence[str]) -> dict[str, np.ndar
 
 # ---------------------------------------------------------------------------------------------- metrics
 
-def answer_coverage(alpha: np.ndarray, k: np.ndarray, n: np.ndarray, answer: int,
-                    epsilons: np.ndarray) -> Coverage:
-    """Eqs. 11-12 for answer index ``answer`` under the beta-binomial mixture, summed over galaxy chunks."""
+def chunked_coverage(pmf_of: Callable[[slice], np.ndarray], k: np.ndarray, n: np.ndarray,
+                     epsilons: np.ndarray) -> Coverage:
+    """Eqs. 11-12 summed over chunks of galaxies: pmf_of(rows) gives the posteriors [chunk, K] of those rows."""
     expected, actual = np.zeros(len(epsilons)), np.zeros(len(epsilons), np.int64)
-    n_max = int(n.max(initial=0))
     for start in range(0, len(n), _PMF_CHUNK):
         sl = slice(start, start + _PMF_CHUNK)
-        cov = coverage_counts(answer_mixture_pmf(alpha[sl], n[sl], answer, n_max), k[sl, answer], n[sl], epsilons)
+        cov = coverage_counts(pmf_of(sl), k[sl], n[sl], epsilons)
         expected += cov.expected
         actual += cov.actual
     return Coverage(np.asarray(epsilons, float), expected, actual)
+
+
+def answer_coverage(alpha: np.ndarray, k: np.ndarray, n: np.ndarray, answer: int,
+                    epsilons: np.ndarray) -> Coverage:
+    """Eqs. 11-12 for answer index ``answer`` (k [G, A]) under the T-mixture of beta-binomials."""
+    n_max = int(n.max(initial=0))
+    return chunked_coverage(lambda sl: answer_mixture_pmf(alpha[sl], n[sl], answer, n_max), k[:, answer], n,
+                            epsilons)
+
+
+def oracle_coverage(truth: np.ndarray, k: np.ndarray, n: np.ndarray, answer: int,
+                    epsilons: np.ndarray) -> Coverage | None:
+    """The oracle (as ``gzmorph evaluate``'s): Bin(k_a | N, true rho_a), the binomial marginal of the
+    multinomial of the true fractions, over galaxies with a finite truth; None without any."""
+    ok = np.isfinite(truth[:, answer])
+    if not ok.any():
+        return None
+    t, n_ok = truth[ok, answer], n[ok]
+    n_max = int(n_ok.max(initial=0))
+    return chunked_coverage(lambda sl: single_pass_pmf(t[sl], n_ok[sl], n_max), k[ok, answer], n_ok, epsilons)
 
 
 def kind_alphas(alpha: np.ndarray, point: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -235,14 +256,21 @@ def evaluate_question(question: Question, alpha: np.ndarray, counts: np.ndarray,
                  for kind, a in kinds.items()}
 
     labels = (*question.answer_names, "all")  # "all": the question, its answers pooled
+    empty = Coverage(eps, np.zeros(len(eps)), np.zeros(len(eps), np.int64))
+    per_kind = {kind: [answer_coverage(a, k, n_a, j, eps) if len(a) else empty for j in range(len(labels) - 1)]
+                for kind, a in kinds.items()}
+    if truth is not None and len(k):
+        per_kind["truth"] = [oracle_coverage(truth[asked], k, n_a, j, eps) for j in range(len(labels) - 1)]
     table: dict[str, dict[str, np.ndarray]] = {label: {} for label in labels}
     coverage: dict[str, dict[str, float]] = {}
-    for kind, a in kinds.items():
-        empty = Coverage(eps, np.zeros(len(eps)), np.zeros(len(eps), np.int64))
-        per_answer = [answer_coverage(a, k, n_a, j, eps) if len(a) else empty for j in range(len(labels) - 1)]
-        pooled = Coverage(eps, np.sum([c.expected for c in per_answer], axis=0),
-                          np.sum([c.actual for c in per_answer], axis=0))
-        for label, cov in zip(labels, (*per_answer, pooled), strict=True):
+    for kind, covs in per_kind.items():
+        known = [c for c in covs if c is not None]  # the oracle: answers with a true rho only
+        if not known:
+            continue
+        pooled = Coverage(eps, np.sum([c.expected for c in known], axis=0), np.sum([c.actual for c in known], axis=0))
+        nan = Coverage(eps, np.full(len(eps), np.nan), np.full(len(eps), np.nan))
+        for label, cov in zip(labels, (*covs, pooled), strict=True):
+            cov = nan if cov is None else cov
             table[label].update({f"expected_{kind}": cov.expected, f"actual_{kind}": cov.actual,
                                  f"coverage_error_{kind}": cov.coverage_error})
         errors = dict(zip(np.round(eps, 10), pooled.coverage_error, strict=True))
