@@ -74,7 +74,6 @@ log = logging.getLogger(__name__)
 
 CONCENTRATION_SUFFIX = "_concentration"
 DETERMINISTIC_SUFFIX = "_concentration_deterministic"
-KINDS = ("mc", "t1", "deterministic")
 MIN_VOTES = 1
 CONFUSION_MIN_VOTES = 3
 GALLERY_SIZE = 8
@@ -255,29 +254,8 @@ def evaluate_question(question: Question, alpha: np.ndarray, counts: np.ndarray,
     fractions = {kind: expected_fractions(a) if len(a) else np.zeros((0, counts.shape[1]))
                  for kind, a in kinds.items()}
 
-    labels = (*question.answer_names, "all")  # "all": the question, its answers pooled
-    empty = Coverage(eps, np.zeros(len(eps)), np.zeros(len(eps), np.int64))
-    per_kind = {kind: [answer_coverage(a, k, n_a, j, eps) if len(a) else empty for j in range(len(labels) - 1)]
-                for kind, a in kinds.items()}
-    if truth is not None and len(k):
-        per_kind["truth"] = [oracle_coverage(truth[asked], k, n_a, j, eps) for j in range(len(labels) - 1)]
-    table: dict[str, dict[str, np.ndarray]] = {label: {} for label in labels}
-    coverage: dict[str, dict[str, float]] = {}
-    for kind, covs in per_kind.items():
-        known = [c for c in covs if c is not None]  # the oracle: answers with a true rho only
-        if not known:
-            continue
-        pooled = Coverage(eps, np.sum([c.expected for c in known], axis=0), np.sum([c.actual for c in known], axis=0))
-        nan = Coverage(eps, np.full(len(eps), np.nan), np.full(len(eps), np.nan))
-        for label, cov in zip(labels, (*covs, pooled), strict=True):
-            cov = nan if cov is None else cov
-            table[label].update({f"expected_{kind}": cov.expected, f"actual_{kind}": cov.actual,
-                                 f"coverage_error_{kind}": cov.coverage_error})
-        errors = dict(zip(np.round(eps, 10), pooled.coverage_error, strict=True))
-        coverage[kind] = {epsilon_key(e): errors.get(round(e, 10), math.nan) for e in TABLE_EPSILONS}
-    calibration = pd.concat([pd.DataFrame({"question": question.name, "answer": label, "epsilon": eps,
-                                           **table[label]}) for label in labels], ignore_index=True)
-
+    calibration, coverage = question_calibration(question, kinds, None if truth is None else truth[asked], k, n_a,
+                                                 eps)
     answer_rows = []
     truth_ok = None if truth is None else np.isfinite(truth[asked])
     for j, answer in enumerate(question.answer_names):
@@ -303,6 +281,36 @@ def evaluate_question(question: Question, alpha: np.ndarray, counts: np.ndarray,
     }
     return QuestionResult(question.name, question.answer_names, metrics, calibration, pd.DataFrame(answer_rows),
                           matrix, fractions["mc"], observed)
+
+
+def question_calibration(question: Question, kinds: Mapping[str, np.ndarray], truth: np.ndarray | None,
+                         k: np.ndarray, n: np.ndarray, eps: np.ndarray
+                         ) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+    """calibration.csv rows of one question (per answer and pooled, answer ``all``) and metrics.json's
+    coverage_error.<kind>.eps_* (pooled), for the asked galaxies: alpha per kind [G, T, A], k [G, A], n [G]."""
+    labels = (*question.answer_names, "all")
+    empty = Coverage(eps, np.zeros(len(eps)), np.zeros(len(eps), np.int64))
+    per_kind = {kind: [answer_coverage(a, k, n, j, eps) if len(a) else empty for j in range(len(labels) - 1)]
+                for kind, a in kinds.items()}
+    if truth is not None and len(k):
+        per_kind["truth"] = [oracle_coverage(truth, k, n, j, eps) for j in range(len(labels) - 1)]
+    nan = Coverage(eps, np.full(len(eps), np.nan), np.full(len(eps), np.nan))
+    table: dict[str, dict[str, np.ndarray]] = {label: {} for label in labels}
+    coverage: dict[str, dict[str, float]] = {}
+    for kind, covs in per_kind.items():
+        known = [c for c in covs if c is not None]  # the oracle: answers with a true rho only
+        if not known:
+            continue
+        pooled = Coverage(eps, np.sum([c.expected for c in known], axis=0), np.sum([c.actual for c in known], axis=0))
+        for label, cov in zip(labels, (*covs, pooled), strict=True):
+            cov = nan if cov is None else cov
+            table[label].update({f"expected_{kind}": cov.expected, f"actual_{kind}": cov.actual,
+                                 f"coverage_error_{kind}": cov.coverage_error})
+        errors = dict(zip(np.round(eps, 10), pooled.coverage_error, strict=True))
+        coverage[kind] = {epsilon_key(e): errors.get(round(e, 10), math.nan) for e in TABLE_EPSILONS}
+    frame = pd.concat([pd.DataFrame({"question": question.name, "answer": label, "epsilon": eps, **table[label]})
+                       for label in labels], ignore_index=True)
+    return frame, coverage
 
 
 def _truth_metrics(question: Question, fractions: Mapping[str, np.ndarray], observed: np.ndarray,
