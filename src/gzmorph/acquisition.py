@@ -308,7 +308,7 @@ def _dm_mi_exact(alpha: np.ndarray, n: int, support: np.ndarray) -> np.ndarray:
 def _dm_mi_monte_carlo(alpha: np.ndarray, n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
     """Monte-Carlo MI from ``samples`` draws of k out of each pass's DM: alpha [g, T, A] -> [g].
 
-    With d = log(pbar(k) / DM_t(k)) for k drawn from pass t, MI = E[-d] (the log-ratio form, exactly 0
+    With d = log(pbar(k) / DM_t(k)) for k drawn from pass t, MI = E[-d] (the log-ratio form, 0 up to round-off
     when the passes agree).  c = exp(d) - 1 has mean exactly 0 (sum_k pbar(k) = 1), and -d ~ -c + c^2/2
     when the passes nearly agree, so c is a control variate: the estimate is mean(-d) - beta mean(c), beta
     the per-galaxy regression coefficient clipped to [-1, 0] (heavy tails of c, when passes disagree
@@ -343,7 +343,7 @@ def dm_mutual_information(alpha: np.ndarray, n: int | np.ndarray, *, max_support
     question, a non-negative integer or [G] integers (N = 0 gives 0).  Exact, enumerating the count vectors
     (:func:`compositions`), while C(N + A - 1, A - 1) <= ``max_support``; beyond, a Monte-Carlo estimate with
     ``samples`` draws of k from each pass and ``numpy.random.default_rng(seed)`` (reproducible for the same
-    inputs and chunks; exactly 0 when the passes agree).  Chunked over galaxies like
+    inputs and chunks; 0 up to round-off when the passes agree).  Chunked over galaxies like
     :func:`mutual_information`.  Returns [G] float64.
     """
     alpha = validate_concentrations(alpha)
