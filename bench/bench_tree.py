@@ -161,7 +161,8 @@ def main() -> None:
             r = measure(args, shards, tmp / f"posteriors-{s}.parquet")
             above = r["peak"] - r["baseline"]
             first = first or (r["peak"], max(above, 1))
-            print(f"{s:>4}x{r['n_galaxies']:>10}{r['seconds']:>8.1f}{r['n_galaxies'] * args.passes / r['seconds']:>16.0f}"
+            rate = r["n_galaxies"] * args.passes / r["seconds"]
+            print(f"{s:>4}x{r['n_galaxies']:>10}{r['seconds']:>8.1f}{rate:>16.0f}"
                   f"{r['peak'] / 2**20:>9.0f}{above / 2**20:>15.0f}{r['peak'] / first[0]:>9.2f}"
                   f"{above / first[1]:>10.2f}", flush=True)
         posteriors = args.posteriors or tmp / f"posteriors-{args.scales[0]}.parquet"

@@ -169,6 +169,11 @@ def test_gzmorph_imports_sees_function_level_imports():
     assert {"predict.py", "evaluate.py", "shards.py", "inputs.py"} <= found  # some are imported inside functions
 
 
+def covered(path: str, deps: list[str]) -> bool:
+    """A dependency covers itself and, when a folder, the files in it."""
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
 def test_every_stage_lists_the_code_it_runs():
     from dvc.repo import Repo
 
@@ -176,10 +181,7 @@ def test_every_stage_lists_the_code_it_runs():
         for stage in repo.index.stages:
             deps = [str(d.def_path) for d in stage.deps if type(d).__name__ != "ParamsDependency"]
 
-            def covered(path: str) -> bool:  # a folder dependency covers the files in it
-                return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
-
-            missing = sorted(p for p in code_of(stage_module(stage.cmd)) if not covered(p))
+            missing = sorted(p for p in code_of(stage_module(stage.cmd)) if not covered(p, deps))
             assert not missing, f"dvc stage {stage.addressing} runs {missing} but does not list it in deps"
 
 

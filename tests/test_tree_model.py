@@ -129,7 +129,8 @@ def test_images_without_votes_give_the_same_posteriors_as_their_shards(setup, tm
     """A table of ids and image paths (no votes): the test split's galaxies in shard order, the same chunks."""
     from gzmorph.shards import read_columns
 
-    ids = np.concatenate([i for i, _ in read_columns(setup["shards"], "test", [GZ2.questions[0].total_column])]).astype(str)
+    batches = read_columns(setup["shards"], "test", [GZ2.questions[0].total_column])
+    ids = np.concatenate([i for i, _ in batches]).astype(str)
     rows = setup["df"].set_index("id_str").loc[ids].reset_index()
     table = tmp_path / "new_survey.csv"
     rows[["id_str", "file_loc"]].to_csv(table, index=False)  # no coordinates, no votes

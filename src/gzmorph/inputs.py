@@ -11,7 +11,8 @@ which galaxies active learning draws from.
 :func:`vote_dataset` is the tf.data reader of (uint8 image, float32 (k, N)) batches after the cut;
 :func:`count_galaxies` / :func:`require_galaxies` count what the cut leaves (:class:`NoGalaxiesError` when
 nothing).  :func:`tree_dataset` reads every answer's counts for the whole-tree model (Walmsley et al.
-2021), with :func:`tree_spec` standing in for the cut (root question N >= 1).  Thread pools, seeds and dtype policy are in :mod:`gzmorph.runtime`; training in :mod:`gzmorph.train`.
+2021), with :func:`tree_spec` standing in for the cut (root question N >= 1).  Thread pools, seeds and dtype
+policy are in :mod:`gzmorph.runtime`; training in :mod:`gzmorph.train`.
 """
 
 from __future__ import annotations

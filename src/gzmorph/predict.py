@@ -10,7 +10,8 @@ baseline of §2.7 and Tables 1-2: T = 1, one stochastic pass.  One more pass wit
 dropout, central crop at the mean zoom, no random augmentation) gives ``rho_point``, the deterministic
 network, a second baseline.
 
-Which galaxies: the shards' ``test`` split (``--split``: any split, or ``all``), with the training cut N >= max(min_total_votes, 1)
+Which galaxies: the shards' ``test`` split (``--split``: any split, or ``all``), with the training cut
+N >= max(min_total_votes, 1)
 (:func:`gzmorph.inputs.keep_mask`).  Galaxies with fewer votes for the question are NOT
 evaluated: the model was never trained on them (bar: the paper's N >= 10) and, with N = 0,
 there are no votes to compare with.
@@ -170,7 +171,8 @@ def predict(params: dict[str, Any], question: str, shard_dir: str | Path, model_
     check_model_input(model, int(manifest["resolution"]), model_path)
     splits = ["train", "val", "test"] if split == "all" else [split]
     n_galaxies = sum(require_galaxies(shard_dir, s, spec) for s in splits)
-    log.info("predicting %s for %d " + split + " galaxies, %d MC passes + 1, on %s", question, n_galaxies, passes, device)
+    log.info("predicting %s for %d %s galaxies, %d MC passes + 1, on %s", question, n_galaxies, split, passes,
+             device)
 
     schema = prediction_schema({
         "question": spec.question, "answer": spec.answer, "passes": passes, "model": str(model_path),
@@ -250,7 +252,7 @@ def reseed(model: keras.Model, seed: int, chunk: int) -> None:
 
 
 def concentration_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Compiled MC pass of a whole-tree model: uint8 batch -> concentrations [B, n_answers] (dropout and augmentation on)."""
+    """Compiled MC pass of a whole-tree model: uint8 batch -> concentrations [B, n_answers] (dropout, augmentation)."""
     import tensorflow as tf
 
     spec = [tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)]
@@ -464,14 +466,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--question", help="question under train.questions (e.g. bar): its binomial model")
     which.add_argument("--tree", action="store_true",
-                       help="a `gzmorph train --tree` model: the posterior catalog (results/posteriors/<survey>.parquet)")
+                       help="a `gzmorph train --tree` model: the posterior catalog (results/posteriors/)")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--shards", help="shard directory from `gzmorph shards`")
-    data.add_argument("--images", help="--tree only: parquet/CSV of galaxies without votes: id_str, file_loc[, ra, dec]")
+    data.add_argument("--images", help="--tree only: parquet/CSV of unvoted galaxies: id_str, file_loc[, ra, dec]")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default=None,
                    help="shards split (default: test for --question, predict.catalog_split for --tree)")
     p.add_argument("--catalog", default=None, help="--tree with --shards: the survey catalog giving ra, dec by id_str")
-    p.add_argument("--chunks", default=None, help="--tree: folder of finished chunks for resuming (default <out>.chunks)")
+    p.add_argument("--chunks", default=None, help="--tree: folder of finished chunks, for resuming (<out>.chunks)")
     p.add_argument("--model", required=True, help="trained model (.keras) from `gzmorph train`")
     p.add_argument("--out", required=True, help="output parquet: id_str, votes, total_votes, rho[T], rho_point "
                    "(--tree: the posterior catalog, see gzmorph.tree_catalog)")
