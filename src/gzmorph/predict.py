@@ -326,11 +326,44 @@ def _coordinates(ids: np.ndarray, lookup: pd.DataFrame | None, source: str) -> t
     """(ra, dec) of ``ids`` from a frame indexed by id_str; NaN without one."""
     if lookup is None:
         return np.full(len(ids), np.nan), np.full(len(ids), np.nan)
-    keys = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    from gzmorph.tree_catalog import id_strings
+
+    keys = id_strings(ids)
     where = lookup.index.get_indexer(keys)
     if (where < 0).any():
         raise UserError(f"{source}: no row for id_str {keys[int(np.flatnonzero(where < 0)[0])]!r} of the shards")
     return lookup["ra"].to_numpy(np.float64)[where], lookup["dec"].to_numpy(np.float64)[where]
+
+
+def _shard_input(shards: str | Path, split: str, catalog: str | Path | None, chunk_size: int,
+                 threads: int | None) -> tuple:
+    """(tree, resolution, galaxies, split, ra/dec by id or None, chunks, source) of a shards split (or all)."""
+    import pandas as pd
+
+    from gzmorph.shards import read_manifest
+    from gzmorph.tree import get_tree
+
+    manifest = read_manifest(shards)
+    tree = get_tree(manifest["tree"])
+    splits = ["train", "val", "test"] if split == "all" else [split]
+    n_galaxies = sum(int(manifest["splits"][s]["n_galaxies"]) for s in splits)
+    lookup = None
+    if catalog is not None:
+        lookup = pd.read_parquet(catalog, columns=["id_str", "ra", "dec"]).astype({"id_str": str}).set_index("id_str")
+    batches = _shard_chunks(shards, splits, tree.questions[0].total_column, chunk_size, threads)
+    return tree, int(manifest["resolution"]), n_galaxies, split, lookup, batches, f"{shards} ({split})"
+
+
+def _table_input(params: dict[str, Any], images: str | Path, resolution: int, chunk_size: int,
+                 threads: int | None) -> tuple:
+    """The same for an images-only table; images are decoded at the model's input resolution."""
+    from gzmorph.config import active_surveys
+    from gzmorph.tree import get_tree
+
+    table = read_image_table(images)
+    tree = get_tree(active_surveys(params)[params["train"]["survey"]])  # the tree the model learnt
+    batches = _table_chunks(table, resolution, chunk_size, threads or 1, str(images))
+    return tree, resolution, len(table), "images", table.set_index("id_str")[["ra", "dec"]], batches, str(images)
 
 
 def _chunk_folder(folder: Path, identity: dict[str, Any]) -> None:
@@ -354,6 +387,21 @@ def _chunk_folder(folder: Path, identity: dict[str, Any]) -> None:
     io.write_json(meta, identity)
 
 
+def _join_chunks(files: list[Path], out_path: str | Path, schema: pa.Schema) -> int:
+    """Copy the chunk files, one at a time, into ``out_path`` (atomically); the galaxies written."""
+    import pyarrow.parquet as pq
+
+    from gzmorph import io
+
+    written = 0
+    with io.atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for path in files:
+            chunk = pq.read_table(path, schema=schema)
+            writer.write_table(chunk)
+            written += len(chunk)
+    return written
+
+
 def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str | Path, *,
                  shards: str | Path | None = None, split: str | None = None, catalog: str | Path | None = None,
                  images: str | Path | None = None, chunks: str | Path | None = None, threads: int | None = None,
@@ -361,14 +409,10 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
     """Write the whole-tree posterior catalog of a shards split (``shards``) or an image table (``images``)."""
     import shutil
 
-    import pandas as pd
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from gzmorph import io, tree_catalog
-    from gzmorph.config import active_surveys
-    from gzmorph.shards import read_manifest
-    from gzmorph.tree import get_tree
 
     if (shards is None) == (images is None):
         raise UserError("predict --tree: give --shards (a split of a survey) or --images (a table of images)")
@@ -383,24 +427,11 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
     model = load_model(model_path)
     n_answers = int(model.output_shape[-1])
     if shards is not None:
-        manifest = read_manifest(shards)
-        tree, resolution = get_tree(manifest["tree"]), int(manifest["resolution"])
         split = str(params["predict"]["catalog_split"] if split is None else split)
-        splits = ["train", "val", "test"] if split == "all" else [split]
-        n_galaxies = sum(int(manifest["splits"][s]["n_galaxies"]) for s in splits)
-        lookup = None
-        if catalog is not None:
-            lookup = pd.read_parquet(catalog, columns=["id_str", "ra", "dec"]).astype({"id_str": str})
-            lookup = lookup.set_index("id_str")
-        batches = _shard_chunks(shards, splits, tree.questions[0].total_column, chunk_size, threads)
-        source = f"{shards} ({split})"
+        inputs = _shard_input(shards, split, catalog, chunk_size, threads)
     else:
-        table = read_image_table(images)
-        tree = get_tree(active_surveys(params)[params["train"]["survey"]])  # the tree the model learnt
-        resolution, n_galaxies, split = int(model.input_shape[1]), len(table), "images"
-        lookup = table.set_index("id_str")[["ra", "dec"]]
-        batches = _table_chunks(table, resolution, chunk_size, threads or 1, str(images))
-        source = str(images)
+        inputs = _table_input(params, images, int(model.input_shape[1]), chunk_size, threads)
+    tree, resolution, n_galaxies, split, lookup, batches, source = inputs
     if n_answers != tree.n_answers():
         raise UserError(f"{model_path}: model gives {n_answers} outputs, the {tree.name} tree has "
                         f"{tree.n_answers()} answers; is it a `gzmorph train --tree` model of this survey?")
@@ -430,12 +461,7 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
                 with io.atomic_path(path) as tmp:
                     pq.write_table(tree_catalog.catalog_table(ids, ra, dec, alpha, tree, schema), tmp)
             bar.update(len(ids))
-    written = 0
-    with io.atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for path in files:
-            chunk = pq.read_table(path, schema=schema)
-            writer.write_table(chunk)
-            written += len(chunk)
+    written = _join_chunks(files, out_path, schema)
     if written != n_galaxies:  # cannot happen unless the input changed under us
         raise RuntimeError(f"wrote {written} galaxies, expected {n_galaxies}")
     shutil.rmtree(folder)

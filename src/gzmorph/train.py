@@ -297,10 +297,11 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
     ``loss`` defaults to :class:`gzmorph.losses.BinomialLoss`; the whole-tree model passes
     :class:`gzmorph.losses.DirichletMultinomialLoss`.
     ``train_ds`` yields (uint8 images, float32 (k, N)) batches (whole tree: every answer's counts); a finite
-    dataset is one epoch, an infinite (repeated) one needs ``steps_per_epoch``.  ``val_ds`` is Keras ``validation_data``.  On return the model
-    holds the weights of the kept epoch (:func:`kept_epoch`); with ``checkpoint`` (a ``.keras`` path) it is
-    saved there, with ``history`` the per-epoch CSV is written there, both atomically and only when the kept
-    epoch's val loss is finite (else :class:`TrainingDiverged`, nothing written).
+    dataset is one epoch, an infinite (repeated) one needs ``steps_per_epoch``.  ``val_ds`` is Keras
+    ``validation_data``.  On return the model holds the weights of the kept epoch (:func:`kept_epoch`); with
+    ``checkpoint`` (a ``.keras`` path) it is saved there, with ``history`` the per-epoch CSV is written there,
+    both atomically and only when the kept epoch's val loss is finite (else :class:`TrainingDiverged`, nothing
+    written).
     """
     import keras
     import pandas as pd

@@ -54,6 +54,11 @@ def asked_columns(tree: DecisionTree) -> list[str]:
     return [q.name + ASKED for q in tree.questions]
 
 
+def id_strings(ids: Any) -> np.ndarray:
+    """Ids as str (TensorFlow gives the shards' ids as utf-8 bytes)."""
+    return np.array([i.decode() if isinstance(i, bytes) else str(i) for i in ids], dtype=object)
+
+
 def expected_fractions(alpha: np.ndarray, tree: DecisionTree) -> np.ndarray:
     """E[vote fraction] [G, A] from concentrations [G, T, A]: the mean over T of each pass's Dirichlet mean."""
     alpha = np.asarray(alpha, np.float64)
@@ -103,10 +108,8 @@ def catalog_table(ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, alpha: np.nd
     asked = proportion_asked(fractions, tree)
     offsets = pa.array(np.arange(0, n * passes + 1, passes, dtype=np.int32))
     per_answer = np.ascontiguousarray(np.moveaxis(alpha.astype(np.float32, copy=False), 2, 0))  # [A, G, T]
-    ids = np.asarray(ids)
-    id_array = pa.array(ids, type=pa.binary()).cast(pa.string()) if ids.dtype.kind == "S" else pa.array(
-        ids.astype(str), type=pa.string())
-    arrays = [id_array, pa.array(np.asarray(ra, np.float64)), pa.array(np.asarray(dec, np.float64))]
+    arrays = [pa.array(id_strings(ids), type=pa.string()), pa.array(np.asarray(ra, np.float64)),
+              pa.array(np.asarray(dec, np.float64))]
     arrays += [pa.ListArray.from_arrays(offsets, pa.array(per_answer[a].ravel())) for a in range(n_answers)]
     arrays += [pa.array(fractions[:, a].astype(np.float32)) for a in range(n_answers)]
     arrays += [pa.array(asked[:, j].astype(np.float32)) for j in range(asked.shape[1])]
