@@ -115,6 +115,14 @@ def vote_dataset(shard_dir: str | Path, split: str, spec: QuestionSpec, batch_si
 
     ds = make_dataset(shard_dir, split, columns=spec.columns, batch_size=batch_size, shuffle=shuffle,
                       seed=seed, with_ids=with_ids, counts_dtype="float32")
+    return _cut_and_rebatch(ds, select, batch_size, threads, n_galaxies)
+
+
+def _cut_and_rebatch(ds: tf.data.Dataset, select: Any, batch_size: int, threads: int | None,
+                     n_galaxies: int | None) -> tf.data.Dataset:
+    """The cut ``select`` per batch, full batches again, a known length with ``n_galaxies``, prefetch."""
+    import tensorflow as tf
+
     ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
     if n_galaxies is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_galaxies / batch_size)))
@@ -189,14 +197,7 @@ def tree_dataset(shard_dir: str | Path, split: str, tree: DecisionTree, batch_si
 
     ds = make_dataset(shard_dir, split, columns=tree.answer_columns, batch_size=batch_size, shuffle=shuffle,
                       seed=seed, with_ids=with_ids, counts_dtype="float32")
-    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
-    if n_galaxies is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_galaxies / batch_size)))
-    if threads:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = int(threads)
-        ds = ds.with_options(options)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _cut_and_rebatch(ds, select, batch_size, threads, n_galaxies)
 
 
 def tree_spec(tree: DecisionTree, crop_mode: str, crop_zoom: tuple[float, float]) -> QuestionSpec:

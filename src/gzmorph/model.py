@@ -284,8 +284,8 @@ def build_model(
     training=True for MC-dropout + test-time-augmentation passes.
 
     ``concentrations`` = n_answers gives the whole-tree head instead (Walmsley et al. 2021): Dirichlet
-    concentrations [B, n_answers] = 1 + 100 sigmoid(dense), zoobot's bound (alpha >= 1 keeps the posterior
-    unimodal-or-flat per answer, <= 101 keeps the loss finite), on the same trunk and MC dropout.
+    concentrations [B, n_answers] = 1 + 100 sigmoid(dense), zoobot's bound (alpha >= 1: every pass's Dirichlet
+    is unimodal or flat; <= 101 caps how confident one pass can be), on the same trunk and MC dropout.
     """
     images = keras.Input((input_size, input_size, channels), dtype="uint8", name="image")
     x = build_augmentation(crop_zoom, crop_mode, output_size, augment, seed)(images)
