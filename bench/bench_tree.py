@@ -43,7 +43,7 @@ def rmse_table(params: dict, posteriors: Path, catalog_path: Path, predictions: 
     ids, alpha = load_concentrations(posteriors, tree)
     fractions = pd.DataFrame(expected_fractions(alpha, tree), index=ids, columns=list(tree.answer_columns))
     rows = cat.loc[ids]
-    print(f"{'question':<18}{'answer':<18}{'galaxies':>9}{'tree vs k/N':>12}{'tree vs rho':>12}"
+    print(f"{'question':<20}{'answer':<18}{'galaxies':>9}{'tree vs k/N':>12}{'tree vs rho':>12}"
           f"{'| binomial cut':>14}{'galaxies':>9}{'tree k/N':>9}{'binom k/N':>10}{'tree rho':>9}{'binom rho':>10}")
     for q in tree.questions:
         answer = str(params["train"]["questions"].get(q.name, {}).get("answer", q.answer_names[0]))
@@ -54,7 +54,7 @@ def rmse_table(params: dict, posteriors: Path, catalog_path: Path, predictions: 
         predicted = fractions[col].to_numpy()[asked]
         truth_col = rho_column(q.name, answer)
         truth = rows[truth_col].to_numpy()[asked] if truth_col in rows else np.full(asked.sum(), np.nan)
-        line = (f"{q.name:<18}{answer:<18}{int(asked.sum()):>9}{rmse(predicted, observed):>12.3f}"
+        line = (f"{q.name:<20}{answer:<18}{int(asked.sum()):>9}{rmse(predicted, observed):>12.3f}"
                 f"{rmse(predicted, truth):>12.3f}")
         path = predictions / f"{q.name}.parquet"
         if q.name in params["train"]["questions"] and path.exists():
