@@ -72,7 +72,7 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert list(predictions.columns) == ["id_str", "votes", "total_votes", "rho", "rho_point"]
         assert (predictions["rho"].map(len) == params["predict"]["passes"]).all()
         calibration = pd.read_csv(workdir / f"results/calibration/{question}.csv")
-        assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in ("mc", "t1", "deterministic")
+        assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in ("mc", "t1", "deterministic", "truth")
                                                            for w in ("expected", "actual", "coverage_error")]
         learnability = pd.read_csv(workdir / f"results/evaluation/{question}/learnability.csv")
         assert learnability["group"].iloc[0] == "all"
