@@ -36,12 +36,13 @@ def rmse_table(params: dict, posteriors: Path, catalog_path: Path, predictions: 
     from gzmorph.catalog import rho_column
     from gzmorph.evaluate import rmse
     from gzmorph.tree import get_tree
-    from gzmorph.tree_catalog import expected_fractions, load_concentrations
+    from gzmorph.posterior import tree_expected_fractions
+    from gzmorph.tree_catalog import load_concentrations
 
     cat = catalog.load(catalog_path).set_index("id_str")
     tree = get_tree(str(cat["tree"].iloc[0]))
     ids, alpha = load_concentrations(posteriors, tree)
-    fractions = pd.DataFrame(expected_fractions(alpha, tree), index=ids, columns=list(tree.answer_columns))
+    fractions = pd.DataFrame(tree_expected_fractions(alpha, tree), index=ids, columns=list(tree.answer_columns))
     rows = cat.loc[ids]
     print(f"{'question':<20}{'answer':<18}{'galaxies':>9}{'tree vs k/N':>12}{'tree vs rho':>12}"
           f"{'| binomial cut':>14}{'galaxies':>9}{'tree k/N':>9}{'binom k/N':>10}{'tree rho':>9}{'binom rho':>10}")

@@ -14,6 +14,7 @@ from PIL import Image
 from test_train import RESOLUTION, blob_image
 
 from gzmorph import evaluate_tree as et
+from gzmorph import tree_catalog
 from gzmorph.cli import main
 from gzmorph.config import UserError
 from gzmorph.tree import DECALS_DR5, GZ2
@@ -200,14 +201,14 @@ def survey(tmp_path_factory):
 
 
 def test_load_concentrations_round_trip_and_bad_input(survey, tmp_path):
-    ids, alpha = et.load_concentrations(survey["posteriors"], GZ2)
+    ids, alpha = tree_catalog.load_concentrations(survey["posteriors"], GZ2)
     np.testing.assert_array_equal(ids, survey["ids"])
     np.testing.assert_array_equal(alpha, survey["alpha"])
-    assert et.load_deterministic(survey["posteriors"], GZ2) is None
+    assert tree_catalog.load_deterministic(survey["posteriors"], GZ2) is None
     table = pq.read_table(survey["posteriors"]).drop_columns(["bar_yes_concentration"])
     pq.write_table(table, tmp_path / "bad.parquet")
     with pytest.raises(UserError, match="bar_yes_concentration"):
-        et.load_concentrations(tmp_path / "bad.parquet", GZ2)
+        tree_catalog.load_concentrations(tmp_path / "bad.parquet", GZ2)
 
 
 def test_cli_end_to_end(survey, tmp_path, capsys):
@@ -291,4 +292,4 @@ def test_non_positive_concentration_is_named(survey, tmp_path):
     table = table.set_column(i, "bar_no_concentration", pa.array(values, pa.list_(pa.float32())))
     pq.write_table(table, tmp_path / "bad.parquet")
     with pytest.raises(UserError, match="'bar_no_concentration', row 5"):
-        et.load_concentrations(tmp_path / "bad.parquet", GZ2)
+        tree_catalog.load_concentrations(tmp_path / "bad.parquet", GZ2)

@@ -72,12 +72,18 @@ def test_model_gives_bounded_concentrations_for_every_answer(setup):
 
 
 def test_catalog_layout_of_the_published_automated_catalog(setup, catalog_run):
-    from gzmorph.tree_catalog import asked_columns, concentration_columns, fraction_columns, load_concentrations
+    from gzmorph.tree_catalog import (
+        asked_columns,
+        concentration_columns,
+        deterministic_columns,
+        fraction_columns,
+        load_concentrations,
+    )
 
     out, summary = catalog_run
     table = pq.read_table(out)
     assert table.column_names == ["id_str", "ra", "dec", *concentration_columns(GZ2), *fraction_columns(GZ2),
-                                  *asked_columns(GZ2)]
+                                  *asked_columns(GZ2), *deterministic_columns(GZ2)]
     assert "smooth-or-featured_smooth_concentration" in table.column_names
     assert "bar_proportion_volunteers_asked" in table.column_names
     assert len(table) == len(setup["df"]) == summary["n_galaxies"]  # every galaxy, voted on or not
@@ -100,6 +106,22 @@ def test_catalog_layout_of_the_published_automated_catalog(setup, catalog_run):
     assert (df["smooth-or-featured_proportion_volunteers_asked"] == 1).all()
     np.testing.assert_allclose(df["disk-edge-on_proportion_volunteers_asked"],
                                df["smooth-or-featured_featured-or-disk_fraction"], rtol=1e-5)
+
+
+def test_deterministic_concentrations_are_the_network_without_dropout(setup, catalog_run):
+    from gzmorph.shards import make_dataset
+    from gzmorph.train import load_model
+    from gzmorph.tree_catalog import load_deterministic
+
+    out, _ = catalog_run
+    ids = pq.read_table(out, columns=["id_str"]).column("id_str").to_pylist()
+    point = load_deterministic(out, GZ2)
+    assert point.shape == (len(ids), GZ2.n_answers()) and (point >= 1).all()
+    images, _, batch_ids = next(make_dataset(setup["shards"], "test", columns=("smooth-or-featured_total-votes",),
+                                             batch_size=8, with_ids=True).as_numpy_iterator())
+    direct = np.asarray(load_model(setup["model"])(images, training=False))
+    rows = [ids.index(i.decode()) for i in batch_ids]
+    np.testing.assert_allclose(point[rows], direct, rtol=1e-5)
 
 
 def test_resume_keeps_finished_chunks_and_gives_the_same_catalog(setup, catalog_run, monkeypatch):
@@ -159,19 +181,3 @@ def test_bad_image_table_errors_name_row_and_column(setup, tmp_path, capsys):
     assert main(base + ["--images", str(table)]) == 2
     assert "lacks column(s) file_loc" in capsys.readouterr().err
     assert not (tmp_path / "p.parquet").exists()
-
-
-def test_proportion_asked_by_hand():
-    """GZ2: something-odd follows smooth OR featured; bar follows featured -> edge-on no."""
-    from gzmorph.tree_catalog import proportion_asked
-
-    fractions = np.zeros((1, GZ2.n_answers()))
-    s = GZ2.answer_slices
-    fractions[0, s["smooth-or-featured"]] = [0.5, 0.3, 0.2]
-    fractions[0, s["disk-edge-on"]] = [0.25, 0.75]
-    asked = dict(zip(GZ2.question_names, proportion_asked(fractions, GZ2)[0], strict=True))
-    assert asked["smooth-or-featured"] == 1.0
-    assert asked["disk-edge-on"] == pytest.approx(0.3)
-    assert asked["bar"] == pytest.approx(0.3 * 0.75)
-    assert asked["how-rounded"] == pytest.approx(0.5)
-    assert asked["something-odd"] == pytest.approx(0.8)  # 0.5 + 0.3: artifacts end the classification

@@ -357,12 +357,12 @@ def confusion_frame(actual: np.ndarray, predicted: np.ndarray, labels: tuple[str
 
 # ---------------------------------------------------------------------------------------------- metrics.json
 
-def _plain(obj: Any) -> Any:
+def plain_json(obj: Any) -> Any:
     """JSON-safe plain Python: numpy scalars to float/int, NaN/inf to None."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_json(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -419,7 +419,7 @@ def point_metrics(post: Posteriors, table: pd.DataFrame, truth: np.ndarray | Non
                           "t1_all": auc(roc_curve(post.rho_t1, actual)),
                           "deterministic_all": auc(roc_curve(post.rho_point, actual))}
     metrics["high_confidence_fraction"] = HIGH_CONFIDENCE_FRACTION
-    return _plain(metrics)
+    return plain_json(metrics)
 
 
 # ---------------------------------------------------------------------------------------------- learnability
@@ -622,7 +622,7 @@ def learnability_metrics(result: Learnability) -> dict[str, Any] | None:
         (visibility if binned else section)[group_key(row["group"])] = {c: row[c] for c in (short if binned
                                                                                              else full)}
     section["visibility"] = visibility
-    return _plain(section)
+    return plain_json(section)
 
 
 # ---------------------------------------------------------------------------------------------- figures

@@ -60,10 +60,12 @@ from gzmorph.evaluate import (
     coverage_counts,
     epsilon_grid,
     epsilon_key,
+    plain_json,
     rmse,
     truth_for,
 )
 from gzmorph.posterior import answer_mixture_pmf, expected_fractions, fraction_std, single_pass_pmf
+from gzmorph.tree_catalog import load_concentrations, load_deterministic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -72,8 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONCENTRATION_SUFFIX = "_concentration"
-DETERMINISTIC_SUFFIX = "_concentration_deterministic"
 MIN_VOTES = 1
 CONFUSION_MIN_VOTES = 3
 GALLERY_SIZE = 8
@@ -82,50 +82,6 @@ _PMF_CHUNK = 4096  # galaxies per pmf chunk: [chunk, max N + 1] float64 stays a 
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-
-def load_concentrations(path: str | Path, tree: DecisionTree) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [G] str, alpha float32 [G, T, answers] in ``tree.answer_columns`` order) of a posterior catalog.
-
-    The interface agreed with the posterior catalog's writer (issue 12 part A, ``tree_catalog``); bad
-    input stops with one line naming file, column and row.
-    """
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such posterior catalog") from None
-    columns = [f"{c}{CONCENTRATION_SUFFIX}" for c in tree.answer_columns]
-    missing = [c for c in ("id_str", *columns) if c not in schema.names]
-    if missing:
-        raise UserError(f"{path}: not a posterior catalog of tree {tree.name!r} (missing columns {missing[:3]}"
-                        f"{' ...' if len(missing) > 3 else ''})")
-    table = pq.read_table(path, columns=["id_str", *columns])
-    g = len(table)
-    values = [table.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False) for c in columns]
-    passes = len(values[0]) // max(g, 1)
-    for column, v in zip(columns, values, strict=True):
-        if passes == 0 or len(v) != g * passes:
-            raise UserError(f"{path}: column {column!r}: concentration lists are not all of length {passes}")
-    alpha = np.stack([v.reshape(g, passes) for v in values], axis=-1).astype(np.float32, copy=False)
-    bad = ~np.isfinite(alpha) | (alpha <= 0)
-    if bad.any():
-        row, _, j = np.argwhere(bad)[0]
-        raise UserError(f"{path}: column {columns[j]!r}, row {row}: concentrations {alpha[row, :, j]} are not > 0")
-    return table.column("id_str").to_numpy(zero_copy_only=False).astype(str), alpha
-
-
-def load_deterministic(path: str | Path, tree: DecisionTree) -> np.ndarray | None:
-    """[G, answers] concentrations of the network without dropout, if the catalog has
-    ``<q>_<a>_concentration_deterministic`` for every answer; else None."""
-    import pyarrow.parquet as pq
-
-    columns = [f"{c}{DETERMINISTIC_SUFFIX}" for c in tree.answer_columns]
-    if not set(columns) <= set(pq.read_schema(path).names):
-        return None
-    table = pq.read_table(path, columns=columns)
-    return np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in columns])
-
 
 def catalog_counts(catalog_df: pd.DataFrame, tree: DecisionTree, ids: Sequence[str], source: str) -> np.ndarray:
     """Vote counts [G, answers] (``tree.answer_columns`` order) of ``ids`` from a catalog; error on a missing id."""
@@ -492,7 +448,6 @@ def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | De
     """Write every output of the module docstring into ``out_dir``; return metrics.json's content."""
     from gzmorph import catalog as catalog_mod
     from gzmorph import io
-    from gzmorph.evaluate import _plain
     from gzmorph.tree import get_tree
 
     if catalog is None and shards is None:
@@ -520,7 +475,7 @@ def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | De
         results.append(evaluate_question(q, alpha[:, :, sl], counts[:, sl], point=None if point is None
                                          else point[:, sl], truth=truth_matrix(catalog_df, ids, q),
                                          min_votes=min_votes, confusion_min_votes=confusion_min_votes))
-    metrics = _plain({"tree": tree.name, "n_galaxies": len(ids), "passes": int(alpha.shape[1]),
+    metrics = plain_json({"tree": tree.name, "n_galaxies": len(ids), "passes": int(alpha.shape[1]),
                       "n_questions": len(tree.questions), "n_answers": tree.n_answers(), "min_votes": min_votes,
                       "kinds": list(kind_alphas(alpha[:1], None if point is None else point[:1])),
                       "questions": {r.name: r.metrics for r in results}})

@@ -97,8 +97,9 @@ def chunk_table(ids: np.ndarray, counts: np.ndarray, rho: np.ndarray, rho_point:
     )
 
 
-def rho_functions(model: keras.Model) -> tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor], tf.Tensor]]:
-    """(mc, point): compiled rho of a uint8 batch, with (MC dropout + augmentation) and without.
+def pass_functions(model: keras.Model, transform: Callable[[tf.Tensor], tf.Tensor] | None = None
+                   ) -> tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor], tf.Tensor]]:
+    """(mc, point): compiled ``transform(model output)`` of a uint8 batch, with (MC dropout + augmentation) and without.
 
     Each call of ``mc`` draws new dropout masks and augmentations (the layers' seed generators
     advance), so calling it T times gives T independent passes.  A batch dimension of None
@@ -106,12 +107,18 @@ def rho_functions(model: keras.Model) -> tuple[Callable[[tf.Tensor], tf.Tensor],
     """
     import tensorflow as tf
 
+    out = transform or (lambda y: y)
+    spec = [tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)]
+    mc = tf.function(lambda x: out(model(x, training=True)), input_signature=spec)
+    point = tf.function(lambda x: out(model(x, training=False)), input_signature=spec)
+    return mc, point
+
+
+def rho_functions(model: keras.Model) -> tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor], tf.Tensor]]:
+    """(mc, point) rho of a per-question (binomial) model: :func:`pass_functions` of its logit."""
     from gzmorph.losses import rho_from_logits
 
-    spec = [tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)]
-    mc = tf.function(lambda x: rho_from_logits(model(x, training=True)), input_signature=spec)
-    point = tf.function(lambda x: rho_from_logits(model(x, training=False)), input_signature=spec)
-    return mc, point
+    return pass_functions(model, rho_from_logits)
 
 
 def predict_chunk(mc: Callable, point: Callable | None, images: tf.Tensor | np.ndarray, passes: int
@@ -249,14 +256,6 @@ def reseed(model: keras.Model, seed: int, chunk: int) -> None:
     for i, generator in enumerate(generators):
         state = SeedSequence([int(seed) % 2**32, int(chunk), i]).generate_state(2, "uint32")
         generator.state.assign(state.astype(generator.state.dtype))
-
-
-def concentration_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Compiled MC pass of a whole-tree model: uint8 batch -> concentrations [B, n_answers] (dropout, augmentation)."""
-    import tensorflow as tf
-
-    spec = [tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)]
-    return tf.function(lambda x: model(x, training=True), input_signature=spec)
 
 
 def read_image_table(path: str | Path) -> pd.DataFrame:
@@ -443,7 +442,7 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
     _chunk_folder(folder, identity)
     schema = tree_catalog.catalog_schema(tree, {"passes": passes, "model": model_path, "source": source,
                                                 "split": split})
-    mc = concentration_function(model)
+    mc, point = pass_functions(model)  # whole-tree model: the concentrations themselves
     log.info("posteriors of %d galaxies (%s), %d questions x %d answers, %d MC passes, on %s", n_galaxies,
              source, len(tree.questions), tree.n_answers(), passes, device)
     files, done = [], 0
@@ -456,10 +455,10 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
                 done += 1
             else:
                 reseed(model, seed, index)
-                alpha, _, _ = next(chunk_passes(mc, None, [(images_of(),)], passes))
+                alpha, alpha_point, _ = next(chunk_passes(mc, point, [(images_of(),)], passes))
                 ra, dec = _coordinates(ids, lookup, str(catalog or images))
                 with io.atomic_path(path) as tmp:
-                    pq.write_table(tree_catalog.catalog_table(ids, ra, dec, alpha, tree, schema), tmp)
+                    pq.write_table(tree_catalog.catalog_table(ids, ra, dec, alpha, alpha_point, tree, schema), tmp)
             bar.update(len(ids))
     written = _join_chunks(files, out_path, schema)
     if written != n_galaxies:  # cannot happen unless the input changed under us

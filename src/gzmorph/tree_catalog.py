@@ -10,15 +10,18 @@ per answer ``<q>_<a>_concentration`` (the Dirichlet concentrations of each MC-dr
     <q>_<a>_concentration                  list<float32>  alpha of the answer in each of the T MC passes
     <q>_<a>_fraction                       float32        E[vote fraction] = mean over T of alpha_a / sum_q alpha
     <q>_proportion_volunteers_asked        float32        expected share of volunteers asked q (below)
+    <q>_<a>_concentration_deterministic    float32        alpha of the answer without dropout or augmentation
 
 with key-value metadata ``tree, passes, model, source, split``.  Answers are in the tree's ``answer_columns``
-order.  The proportion asked is 1 for a question asked of everyone; a question asked after any of the
+order.  The deterministic concentrations are not in the published catalog: gzmorph adds them, as ``rho_point``
+in the per-question predictions, for the deterministic baseline of the evaluation.  The proportion asked is 1 for a question asked of everyone; a question asked after any of the
 (question, answer) pairs in ``Question.asked_after`` gets the sum over those pairs of asked(parent) x
 fraction(parent, answer): the chance that a volunteer reaches it, if every volunteer answered like the expected
 vote fractions.  It says how much a question's prediction matters (a bar posterior for a smooth elliptical is
 about a question few would be asked).
 
-:func:`load_concentrations` reads the file back as (ids, alpha [galaxies, T, answers]) for evaluation.
+:func:`load_concentrations` reads the file back as (ids, alpha [galaxies, T, answers]) for evaluation,
+:func:`load_deterministic` the deterministic concentrations [galaxies, answers].
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gzmorph.config import UserError
+from gzmorph.posterior import proportion_asked, tree_expected_fractions
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from gzmorph.tree import DecisionTree
 
 CONCENTRATION = "_concentration"
+DETERMINISTIC = "_concentration_deterministic"
 FRACTION = "_fraction"
 ASKED = "_proportion_volunteers_asked"
 ID_COLUMNS = ("id_str", "ra", "dec")
@@ -59,30 +64,8 @@ def id_strings(ids: Any) -> np.ndarray:
     return np.array([i.decode() if isinstance(i, bytes) else str(i) for i in ids], dtype=object)
 
 
-def expected_fractions(alpha: np.ndarray, tree: DecisionTree) -> np.ndarray:
-    """E[vote fraction] [G, A] from concentrations [G, T, A]: the mean over T of each pass's Dirichlet mean."""
-    alpha = np.asarray(alpha, np.float64)
-    means = np.empty_like(alpha)
-    for s in tree.answer_slices.values():
-        means[..., s] = alpha[..., s] / alpha[..., s].sum(axis=-1, keepdims=True)
-    return means.mean(axis=1)
-
-
-def proportion_asked(fractions: np.ndarray, tree: DecisionTree) -> np.ndarray:
-    """Expected share of volunteers asked each question [G, Q] from expected fractions [G, A].
-
-    Questions come in topological order, so every parent's share is known before its children's.
-    """
-    fractions = np.asarray(fractions, np.float64)
-    question_index = {q.name: j for j, q in enumerate(tree.questions)}
-    answer_index = {(q.name, a): tree.answer_slices[q.name].start + i
-                    for q in tree.questions for i, a in enumerate(q.answer_names)}
-    asked = np.ones((len(fractions), len(tree.questions)))
-    for j, q in enumerate(tree.questions):
-        if q.asked_after:
-            asked[:, j] = sum(asked[:, question_index[pq]] * fractions[:, answer_index[pq, pa]]
-                              for pq, pa in q.asked_after)
-    return asked
+def deterministic_columns(tree: DecisionTree) -> list[str]:
+    return [c + DETERMINISTIC for c in tree.answer_columns]
 
 
 def catalog_schema(tree: DecisionTree, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
@@ -92,19 +75,22 @@ def catalog_schema(tree: DecisionTree, metadata: Mapping[str, Any] | None = None
     fields += [pa.field(c, pa.list_(pa.float32())) for c in concentration_columns(tree)]
     fields += [pa.field(c, pa.float32()) for c in fraction_columns(tree)]
     fields += [pa.field(c, pa.float32()) for c in asked_columns(tree)]
+    fields += [pa.field(c, pa.float32()) for c in deterministic_columns(tree)]
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     return pa.schema(fields, metadata={"tree": tree.name, **meta})
 
 
-def catalog_table(ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, alpha: np.ndarray, tree: DecisionTree,
-                  schema: pa.Schema) -> pa.Table:
-    """One chunk of the catalog: ids [G] (str or bytes), ra/dec [G], concentrations [G, T, A]."""
+def catalog_table(ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, alpha: np.ndarray, alpha_point: np.ndarray,
+                  tree: DecisionTree, schema: pa.Schema) -> pa.Table:
+    """One chunk of the catalog: ids [G] (str or bytes), ra/dec [G], concentrations [G, T, A] of the MC passes
+    and [G, A] of the deterministic pass."""
     import pyarrow as pa
 
     n, passes, n_answers = alpha.shape
-    if n_answers != tree.n_answers():
-        raise ValueError(f"concentrations have {n_answers} answers, the {tree.name} tree {tree.n_answers()}")
-    fractions = expected_fractions(alpha, tree)
+    if n_answers != tree.n_answers() or alpha_point.shape != (n, n_answers):
+        raise ValueError(f"concentrations of shapes {alpha.shape} and {alpha_point.shape} do not fit "
+                         f"{n} galaxies x the {tree.n_answers()} answers of the {tree.name} tree")
+    fractions = tree_expected_fractions(alpha, tree)
     asked = proportion_asked(fractions, tree)
     offsets = pa.array(np.arange(0, n * passes + 1, passes, dtype=np.int32))
     per_answer = np.ascontiguousarray(np.moveaxis(alpha.astype(np.float32, copy=False), 2, 0))  # [A, G, T]
@@ -113,25 +99,48 @@ def catalog_table(ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, alpha: np.nd
     arrays += [pa.ListArray.from_arrays(offsets, pa.array(per_answer[a].ravel())) for a in range(n_answers)]
     arrays += [pa.array(fractions[:, a].astype(np.float32)) for a in range(n_answers)]
     arrays += [pa.array(asked[:, j].astype(np.float32)) for j in range(asked.shape[1])]
+    arrays += [pa.array(np.asarray(alpha_point[:, a], np.float32)) for a in range(n_answers)]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def load_concentrations(path: str | Path, tree: DecisionTree) -> tuple[np.ndarray, np.ndarray]:
-    """(ids [G] str, alpha float32 [G, T, n_answers] in ``tree.answer_columns`` order) of a posterior catalog."""
+    """(ids [G] str, alpha float32 [G, T, answers] in ``tree.answer_columns`` order) of a posterior catalog.
+
+    Bad input stops with one line naming file, column and row.
+    """
     import pyarrow.parquet as pq
 
+    try:
+        schema = pq.read_schema(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such posterior catalog") from None
     columns = concentration_columns(tree)
-    schema = pq.read_schema(path)
     missing = [c for c in ("id_str", *columns) if c not in schema.names]
     if missing:
-        raise UserError(f"{path}: not a {tree.name} posterior catalog (missing {missing[:3]}"
+        raise UserError(f"{path}: not a posterior catalog of tree {tree.name!r} (missing columns {missing[:3]}"
                         f"{' ...' if len(missing) > 3 else ''})")
     table = pq.read_table(path, columns=["id_str", *columns])
-    n = len(table)
+    g = len(table)
     values = [table.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False) for c in columns]
-    passes = len(values[0]) // max(n, 1)
-    for c, v in zip(columns, values, strict=True):
-        if len(v) != n * passes:
-            raise UserError(f"{path}: column {c}: concentration lists are not all of length {passes}")
-    alpha = np.stack([v.reshape(n, passes) for v in values], axis=-1).astype(np.float32, copy=False)
+    passes = len(values[0]) // max(g, 1)
+    for column, v in zip(columns, values, strict=True):
+        if passes == 0 or len(v) != g * passes:
+            raise UserError(f"{path}: column {column!r}: concentration lists are not all of length {passes}")
+    alpha = np.stack([v.reshape(g, passes) for v in values], axis=-1).astype(np.float32, copy=False)
+    bad = ~np.isfinite(alpha) | (alpha <= 0)
+    if bad.any():
+        row, _, j = np.argwhere(bad)[0]
+        raise UserError(f"{path}: column {columns[j]!r}, row {row}: concentrations {alpha[row, :, j]} are not > 0")
     return table.column("id_str").to_numpy(zero_copy_only=False).astype(str), alpha
+
+
+def load_deterministic(path: str | Path, tree: DecisionTree) -> np.ndarray | None:
+    """[G, answers] concentrations of the network without dropout, if the catalog has
+    ``<q>_<a>_concentration_deterministic`` for every answer (catalogs of older versions do not); else None."""
+    import pyarrow.parquet as pq
+
+    columns = deterministic_columns(tree)
+    if not set(columns) <= set(pq.read_schema(path).names):
+        return None
+    table = pq.read_table(path, columns=columns)
+    return np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in columns])
