@@ -74,3 +74,4 @@ rule all:
         expand("results/calibration/{question}.csv", question=QUESTIONS if "binomial" in MODELS else []),
         ["results/metrics.json"] if "binomial" in MODELS else [],
         [f"results/posteriors/{TRAIN_SURVEY}.parquet"] if "tree" in MODELS else [],
+        [f"results/evaluation/tree/{TRAIN_SURVEY}/metrics.json"] if "tree" in MODELS else [],

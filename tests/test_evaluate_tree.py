@@ -214,7 +214,7 @@ def test_load_concentrations_round_trip_and_bad_input(survey, tmp_path):
 def test_cli_end_to_end(survey, tmp_path, capsys):
     out = tmp_path / "tree" / "sdss"
     rc = main(["evaluate-tree", "--posteriors", str(survey["posteriors"]), "--catalog", str(survey["catalog"]),
-               "--shards", str(survey["shards"]), "--out-dir", str(out), "--gallery-size", "4"])
+               "--shards", str(survey["shards"]), "--out-dir", str(out), "--gallery-size", "4", "--split", "all"])
     assert rc == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_questions"] == 11 and metrics["n_answers"] == 37 and metrics["passes"] == 6
@@ -261,8 +261,25 @@ def test_cli_errors_name_the_problem(survey, tmp_path, capsys):
     small = survey["df"].iloc[:10]
     small.to_parquet(tmp_path / "small.parquet", index=False)
     assert main(["evaluate-tree", "--posteriors", str(survey["posteriors"]), "--catalog",
-                 str(tmp_path / "small.parquet"), "--out-dir", str(tmp_path)]) == 2
+                 str(tmp_path / "small.parquet"), "--out-dir", str(tmp_path), "--split", "all"]) == 2
     assert "have no votes, e.g. id '2000010'" in capsys.readouterr().err
+    assert main(["evaluate-tree", "--posteriors", str(survey["posteriors"]), "--catalog", str(survey["catalog"]),
+                 "--out-dir", str(tmp_path), "--split", "test"]) == 2
+    assert "--split test: give --shards" in capsys.readouterr().err
+
+
+def test_default_split_is_the_held_out_test_split(survey, tmp_path):
+    from gzmorph.shards import read_columns
+
+    test_ids = {b.decode() for ids, _ in read_columns(survey["shards"], "test", ["bar_yes"]) for b in ids}
+    assert 0 < len(test_ids) < len(survey["ids"])
+    rc = main(["evaluate-tree", "--posteriors", str(survey["posteriors"]), "--catalog", str(survey["catalog"]),
+               "--shards", str(survey["shards"]), "--out-dir", str(tmp_path), "--gallery-size", "0"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n_galaxies"] == len(test_ids)
+    df = survey["df"].set_index("id_str").loc[sorted(test_ids)]
+    assert metrics["questions"]["bar"]["n_galaxies"] == (df["bar_total-votes"] >= 1).sum()
 
 
 def test_deterministic_concentrations_are_a_third_posterior(survey, tmp_path):

@@ -88,6 +88,16 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert len(ids) == manifest["n_galaxies"] and len(set(ids)) == len(ids)
         assert alpha.shape[1:] == (params["predict"]["passes"], tree.n_answers()) and (alpha >= 1).all()
         assert not (workdir / f"results/posteriors/{survey}.parquet.chunks").exists()
+        evaluation = workdir / f"results/evaluation/tree/{survey}"
+        tree_metrics = json.loads((evaluation / "metrics.json").read_text())
+        assert tree_metrics["split"] == "test" and tree_metrics["n_galaxies"] == manifest["splits"]["test"]["n_galaxies"]
+        assert set(tree_metrics["questions"]) == set(tree.question_names)
+        smooth = tree_metrics["questions"]["smooth-or-featured"]
+        assert smooth["n_galaxies"] > 0 and 0 < smooth["rmse_vs_vote_fraction"]["mc"] < 0.5
+        assert {"mc", "t1", "deterministic", "truth"} == set(smooth["coverage_error"])
+        per_question = pd.read_csv(evaluation / "per_question.csv")
+        assert list(per_question["question"]) == list(tree.question_names)
+        assert {p.stem for p in (evaluation / "galleries").glob("*.png")} == set(tree.question_names)
     metrics = json.loads((workdir / "results/metrics.json").read_text())
     assert set(metrics) == set(params["train"]["questions"])
     stats = json.loads((workdir / "results/crossmatch/stats.json").read_text())
@@ -148,7 +158,7 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
 
     questions = list(merged["train"]["questions"])
     trained = {f"{stage}@{q}" for stage in ("train", "predict", "evaluate") for q in questions} | {
-        "metrics", "train_tree", "predict_tree"}
+        "metrics", "train_tree", "predict_tree", "evaluate_tree"}
     al = merged["active_learning"]
     al_runs = {f"active_learning_run@{q}-{s}-{seed}" for q in al["questions"] for s in al["strategies"]
                for seed in al["seeds"]}
@@ -168,7 +178,7 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
         {"active_learning"} if bar_al else set())
     set_param(work / "params.yaml", "predict.passes", 2)
     assert stages_run(run([dvc, "repro"], work)) == {f"{s}@{q}" for s in ("predict", "evaluate") for q in questions} | {
-        "metrics", "predict_tree"}
+        "metrics", "predict_tree", "evaluate_tree"}
     shown = run_json([dvc, "metrics", "show", "--json"], work)
     assert set(next(iter(shown.values()))["data"]["results/metrics.json"]["data"]) == set(questions)
     plots = run_json([dvc, "plots", "show", "--json"], work)["data"]

@@ -110,6 +110,17 @@ def shard_counts(shard_dir: str | Path, tree: DecisionTree, ids: Sequence[str]) 
     return np.array([found[i] for i in ids], np.int64).reshape(len(ids), tree.n_answers())
 
 
+def split_ids(shard_dir: str | Path, split: str, tree: DecisionTree) -> set[str]:
+    """Ids of one split of the shards (ids only, no image decoded)."""
+    from gzmorph.shards import read_columns, read_manifest
+
+    splits = read_manifest(shard_dir)["splits"]
+    if split not in splits:
+        raise UserError(f"{shard_dir}: no split {split!r} (has {', '.join(splits)})")
+    return {b.decode() for batch_ids, _ in read_columns(shard_dir, split, tree.answer_columns[:1])
+            for b in batch_ids}
+
+
 def shard_images(shard_dir: str | Path, ids: Sequence[str]) -> dict[str, np.ndarray]:
     """{id: uint8 [R, R, 3]} of the wanted galaxies, from whichever splits hold them."""
     from gzmorph.shards import make_dataset, read_manifest
@@ -442,10 +453,14 @@ def truth_matrix(catalog_df: pd.DataFrame | None, ids: np.ndarray, question: Que
 
 
 def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | DecisionTree | None = None,
-                  catalog: str | Path | None = None, shards: str | Path | None = None,
+                  catalog: str | Path | None = None, shards: str | Path | None = None, split: str = "all",
                   min_votes: int = MIN_VOTES, confusion_min_votes: int = CONFUSION_MIN_VOTES,
                   gallery_size: int = GALLERY_SIZE, seed: int = 0) -> dict[str, Any]:
-    """Write every output of the module docstring into ``out_dir``; return metrics.json's content."""
+    """Write every output of the module docstring into ``out_dir``; return metrics.json's content.
+
+    ``split`` (train, val, test; needs ``shards``) evaluates only the posterior catalog's galaxies of that
+    split: the catalog covers the training galaxies too, and a calibration measured on them would flatter.
+    """
     from gzmorph import catalog as catalog_mod
     from gzmorph import io
     from gzmorph.tree import get_tree
@@ -463,8 +478,13 @@ def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | De
     tree = get_tree(tree) if isinstance(tree, str) else tree
     ids, alpha = load_concentrations(posteriors, tree)
     point = load_deterministic(posteriors, tree)
+    if split != "all":
+        if shards is None:
+            raise UserError(f"--split {split}: give --shards, which say the split of each galaxy")
+        keep = np.isin(ids, sorted(split_ids(shards, split, tree)))
+        ids, alpha, point = ids[keep], alpha[keep], None if point is None else point[keep]
     if not len(ids):
-        raise UserError(f"{posteriors}: no galaxies to evaluate")
+        raise UserError(f"{posteriors}: no galaxies to evaluate" + (f" in split {split!r}" if split != "all" else ""))
     counts = (catalog_counts(catalog_df, tree, ids, str(catalog)) if catalog_df is not None
               else shard_counts(shards, tree, ids))
 
@@ -475,7 +495,7 @@ def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | De
         results.append(evaluate_question(q, alpha[:, :, sl], counts[:, sl], point=None if point is None
                                          else point[:, sl], truth=truth_matrix(catalog_df, ids, q),
                                          min_votes=min_votes, confusion_min_votes=confusion_min_votes))
-    metrics = plain_json({"tree": tree.name, "n_galaxies": len(ids), "passes": int(alpha.shape[1]),
+    metrics = plain_json({"tree": tree.name, "split": split, "n_galaxies": len(ids), "passes": int(alpha.shape[1]),
                       "n_questions": len(tree.questions), "n_answers": tree.n_answers(), "min_votes": min_votes,
                       "kinds": list(kind_alphas(alpha[:1], None if point is None else point[:1])),
                       "questions": {r.name: r.metrics for r in results}})
@@ -516,24 +536,34 @@ def write_galleries(tree: DecisionTree, ids: np.ndarray, alpha: np.ndarray, coun
 
 
 def run(args: argparse.Namespace) -> None:
+    from gzmorph import config
+
+    settings = config.load(args.params)["evaluate_tree"]
+    pick = {k: settings[k] if getattr(args, k) is None else getattr(args, k)
+            for k in ("split", "min_votes", "confusion_min_votes", "gallery_size")}
     evaluate_tree(args.posteriors, args.out_dir, tree=args.tree, catalog=args.catalog, shards=args.shards,
-                  min_votes=args.min_votes, confusion_min_votes=args.confusion_min_votes,
-                  gallery_size=args.gallery_size, seed=args.seed)
+                  seed=args.seed, **pick)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from gzmorph import config
+
     p = sub.add_parser("evaluate-tree", help="calibration, RMSE, confusion and galleries of every question of a "
                                              "whole-tree model")
+    config.add_params_argument(p)
     p.add_argument("--posteriors", required=True, help="posterior catalog parquet with <q>_<a>_concentration lists")
     p.add_argument("--catalog", default=None, help="vote catalog: votes and, if simulated, truth_rho_<q>_<a>")
-    p.add_argument("--shards", default=None, help="shard directory: gallery images (and votes without --catalog)")
+    p.add_argument("--shards", default=None, help="shard directory: splits, gallery images (and votes without "
+                                                  "--catalog)")
     p.add_argument("--tree", default=None, help="decision tree (default: the catalog's or the shards')")
     p.add_argument("--out-dir", required=True, help="output directory, e.g. results/evaluation/tree/<survey>")
-    p.add_argument("--min-votes", type=int, default=MIN_VOTES,
-                   help=f"galaxies need N >= this for a question's calibration and RMSE (default {MIN_VOTES})")
-    p.add_argument("--confusion-min-votes", type=int, default=CONFUSION_MIN_VOTES,
-                   help=f"N cut for the majority-answer confusion matrix (default {CONFUSION_MIN_VOTES})")
-    p.add_argument("--gallery-size", type=int, default=GALLERY_SIZE,
-                   help=f"galaxies per gallery row, 0 for none (default {GALLERY_SIZE})")
+    p.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
+                   help="evaluate the galaxies of this shards split (default: evaluate_tree.split)")
+    p.add_argument("--min-votes", type=int, default=None,
+                   help="galaxies need N >= this for a question's calibration and RMSE (default: evaluate_tree.min_votes)")
+    p.add_argument("--confusion-min-votes", type=int, default=None,
+                   help="N cut for the majority-answer confusion matrix (default: evaluate_tree.confusion_min_votes)")
+    p.add_argument("--gallery-size", type=int, default=None,
+                   help="galaxies per gallery row, 0 for none (default: evaluate_tree.gallery_size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the figure's subsample of points")
     p.set_defaults(func=run)

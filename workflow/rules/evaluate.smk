@@ -63,3 +63,41 @@ rule metrics:
         "../../environment.yml"
     shell:
         "gzmorph metrics {input} --out {output} > {log} 2>&1"
+
+
+# The whole-tree model on every question (train.models: tree): calibration of every answer, RMSE vs k/N (and the
+# simulated true rho), majority-answer confusion, one figure of all questions, galleries; evaluate_tree.split
+# (test) of the posterior catalog.
+rule evaluate_tree:
+    input:
+        posteriors=f"results/posteriors/{config['train']['survey']}.parquet",
+        catalog=f"data/catalogs/{config['train']['survey']}.parquet",
+        shards=f"data/shards/{config['train']['survey']}",
+    output:
+        metrics=f"results/evaluation/tree/{config['train']['survey']}/metrics.json",
+        per_question=f"results/evaluation/tree/{config['train']['survey']}/per_question.csv",
+        per_answer=f"results/evaluation/tree/{config['train']['survey']}/per_answer.csv",
+        calibration=report(f"results/evaluation/tree/{config['train']['survey']}/calibration.csv",
+                           caption="../report/tree_calibration.rst", category="Whole-tree model"),
+        confusion=directory(f"results/evaluation/tree/{config['train']['survey']}/confusion"),
+        figure=report(f"results/evaluation/tree/{config['train']['survey']}/questions.png",
+                      caption="../report/tree_questions.rst", category="Whole-tree model"),
+        galleries=report(directory(f"results/evaluation/tree/{config['train']['survey']}/galleries"),
+                         patterns=["{name}.png"], caption="../report/tree_gallery.rst",
+                         category="Whole-tree model", subcategory="Galleries"),
+    params:
+        settings=P("evaluate_tree"),
+        args=PARAMS_ARGS,
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+    log:
+        "logs/evaluate_tree.log",
+    benchmark:
+        "benchmarks/evaluate_tree.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+    conda:
+        "../../environment.yml"
+    shell:
+        "gzmorph evaluate-tree {params.args} --posteriors {input.posteriors} --catalog {input.catalog}"
+        " --shards {input.shards} --out-dir {params.out_dir} > {log} 2>&1"
