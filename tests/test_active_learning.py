@@ -351,6 +351,16 @@ def test_stream_rho_keeps_ids_with_their_passes(monkeypatch):
     np.testing.assert_allclose(rho, [[0.2, 0.2], [0.4, 0.4], [1.0, 1.0]], rtol=1e-6)
 
 
+def test_repeats_share_no_model_or_layer_seed():
+    """The seed collision: repeats 1000 apart once gave repeat 0's conv2_1 the seed of repeat 1's conv1_2."""
+    from gzmorph.model import _sub_seed
+
+    seeds = [al.iteration_seed(42, s, i) for s in range(4) for i in range(21)]
+    assert len(set(seeds)) == len(seeds)
+    layers = [_sub_seed(m, offset) for m in seeds for offset in range(1, 20)]
+    assert len(set(layers)) == len(layers)
+
+
 def test_unknown_question_is_a_config_error(tiny):
     with pytest.raises(config.ConfigError, match="active_learning.questions"):
         al.check_question(tiny["params"], "spiral-winding", "bald")

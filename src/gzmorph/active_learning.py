@@ -300,6 +300,13 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     return model, result.train_loss, result.val_loss, result.epochs
 
 
+def iteration_seed(base_seed: int, seed: int, iteration: int) -> int:
+    """The model / data-order seed of one iteration of repeat ``seed``: the same for BALD and random (paired),
+    distinct across repeats and iterations (below 1000 iterations); layer seeds are hashed from it
+    (:func:`gzmorph.model._sub_seed`), so close seeds give unrelated layers."""
+    return base_seed + 1000 * seed + iteration
+
+
 def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, shard_dir: str | Path,
              out: str | Path, acquired_path: str | Path | None = None, *, threads: int | None = None
              ) -> pd.DataFrame:
@@ -345,7 +352,7 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     model = None
     for iteration in range(iterations + 1):
         start = time.perf_counter()
-        model_seed = base_seed + 1000 * int(seed) + iteration
+        model_seed = iteration_seed(base_seed, int(seed), iteration)
         val_data = vote_dataset(shard_dir, "val", spec, PREDICT_CHUNK, threads=threads, n_galaxies=n_val)
         model, train_loss, val_loss, epochs = _train_model(
             params, spec, int(manifest["resolution"]), model_seed,
