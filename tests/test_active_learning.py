@@ -430,9 +430,9 @@ def planted(tmp_path_factory):
 
 
 def test_bald_acquires_the_informative_galaxies(planted):
-    """Measured: BALD takes only rare galaxies (32 of 32 over 2 seeds), random ~ their pool share (~0.15).  Both
-    curves then reach the RMSE floor (k/N noise, ~0.05) after one acquisition, so this problem shows the
-    choice, not labels saved; the RMSE check is that BALD does no worse at the end."""
+    """BALD takes the rare galaxies (seed 0, 3 iterations: 24 of 24 acquired; random 3 of 24, their pool share).
+    Both curves then reach the RMSE floor (k/N noise, ~0.05) within one acquisition, so this problem shows the
+    choice, not labels saved; the RMSE check is only that BALD learns and does no worse at the end."""
     df = planted["df"]
     rare = set(df.loc[df["rare"], "id_str"])
     acq = planted["acquired"].query("role == 'acquired'")

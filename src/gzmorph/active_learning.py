@@ -97,8 +97,8 @@ RUN_COLUMNS = ("question", "strategy", "seed", "iteration", "n_labelled", "n_acq
                "eval_loss", "eval_rmse", "epochs", "expected_votes", "seconds")
 ACQUIRED_COLUMNS = ("question", "strategy", "seed", "role", "iteration", "id_str", "score", "votes",
                     "total_votes", "vote_fraction")
-SUMMARY_COLUMNS = ("question", "labels_saved_best", "labels_saved_end", "bald_wins_all_repeats", "bald_wins", "n_repeats",
-                   "rmse_random_best", "n_random_best", "rmse_random_end", "n_random_end", "rmse_bald_end")
+SUMMARY_COLUMNS = ("question", "labels_saved_best", "labels_saved_end", "bald_wins_all_repeats", "bald_wins",
+                   "n_repeats", "rmse_random_best", "n_random_best", "rmse_random_end", "n_random_end", "rmse_bald_end")
 PREDICT_CHUNK = 256  # galaxies per MC-pass batch when scoring
 
 
