@@ -59,7 +59,8 @@ Outputs of ``run``:
   interpolated linearly between iterations; labels_saved = 1 - n_bald / n_random.  NaN where
   undefined: BALD never reaches the RMSE, or random reaches it with no new labels (n_random = 0).
 * ``bald_wins_all_repeats``: BALD's final eval_rmse is below random's for every seed that has both
-  runs (``n_repeats`` = those seeds); no LOWESS smoothing (the paper smooths and averages 4 runs).
+  runs (``n_repeats`` = those seeds), and ``bald_wins`` the number of those seeds where it is; no LOWESS
+  smoothing (the paper smooths and averages 4 runs).
 * ``<q>_curves.png`` (Figs 11-12): train loss, eval loss and RMSE against labelled galaxies, mean
   over repeats with the min-max spread shaded.  ``<q>_acquired.png`` (Figs 13-14): vote-fraction
   distribution of the galaxies acquired in each iteration, and in total, pooled over repeats.
@@ -96,8 +97,8 @@ RUN_COLUMNS = ("question", "strategy", "seed", "iteration", "n_labelled", "n_acq
                "eval_loss", "eval_rmse", "epochs", "expected_votes", "seconds")
 ACQUIRED_COLUMNS = ("question", "strategy", "seed", "role", "iteration", "id_str", "score", "votes",
                     "total_votes", "vote_fraction")
-SUMMARY_COLUMNS = ("question", "labels_saved_best", "labels_saved_end", "bald_wins_all_repeats", "n_repeats",
-                   "rmse_random_best", "n_random_best", "rmse_random_end", "n_random_end", "rmse_bald_end")
+SUMMARY_COLUMNS = ("question", "labels_saved_best", "labels_saved_end", "bald_wins_all_repeats", "bald_wins",
+                   "n_repeats", "rmse_random_best", "n_random_best", "rmse_random_end", "n_random_end", "rmse_bald_end")
 PREDICT_CHUNK = 256  # galaxies per MC-pass batch when scoring
 
 
@@ -299,6 +300,13 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
     return model, result.train_loss, result.val_loss, result.epochs
 
 
+def iteration_seed(base_seed: int, seed: int, iteration: int) -> int:
+    """The model / data-order seed of one iteration of repeat ``seed``: the same for BALD and random (paired),
+    distinct across repeats and iterations (below 1000 iterations); layer seeds are hashed from it
+    (:func:`gzmorph.model._sub_seed`), so close seeds give unrelated layers."""
+    return base_seed + 1000 * seed + iteration
+
+
 def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, shard_dir: str | Path,
              out: str | Path, acquired_path: str | Path | None = None, *, threads: int | None = None
              ) -> pd.DataFrame:
@@ -344,7 +352,7 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     model = None
     for iteration in range(iterations + 1):
         start = time.perf_counter()
-        model_seed = base_seed + 1000 * int(seed) + iteration
+        model_seed = iteration_seed(base_seed, int(seed), iteration)
         val_data = vote_dataset(shard_dir, "val", spec, PREDICT_CHUNK, threads=threads, n_galaxies=n_val)
         model, train_loss, val_loss, epochs = _train_model(
             params, spec, int(manifest["resolution"]), model_seed,
@@ -426,23 +434,24 @@ def labels_saved(n_random: float, n_bald: float) -> float:
     return float(1.0 - n_bald / n_random)
 
 
-def bald_wins(runs: pd.DataFrame) -> tuple[bool, int]:
-    """(BALD's final eval_rmse < random's for every seed with both runs, number of such seeds)."""
+def bald_wins(runs: pd.DataFrame) -> tuple[bool, int, int]:
+    """(BALD's final eval_rmse < random's for every seed with both runs, number of such seeds, seeds BALD wins)."""
     last = runs.sort_values("iteration").groupby(["strategy", "seed"]).tail(1)
     final = last.pivot(index="seed", columns="strategy", values="eval_rmse")
     if not {"bald", "random"} <= set(final.columns):
-        return False, 0
+        return False, 0, 0
     paired = final.dropna(subset=["bald", "random"])
-    return bool(len(paired) > 0 and (paired["bald"] < paired["random"]).all()), int(len(paired))
+    won = int((paired["bald"] < paired["random"]).sum())
+    return bool(len(paired) > 0 and won == len(paired)), int(len(paired)), won
 
 
 def summarize_question(runs: pd.DataFrame) -> dict[str, Any]:
     """One summary row from one question's run tables (both strategies, all seeds)."""
     n_r, rmse_r = mean_curve(runs, "random")
     n_b, rmse_b = mean_curve(runs, "bald")
-    wins, n_repeats = bald_wins(runs)
+    wins, n_repeats, won = bald_wins(runs)
     row: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS, float("nan"))
-    row.update(question=runs["question"].iloc[0], bald_wins_all_repeats=wins, n_repeats=n_repeats)
+    row.update(question=runs["question"].iloc[0], bald_wins_all_repeats=wins, bald_wins=won, n_repeats=n_repeats)
     if len(n_r) and len(n_b):
         best = int(np.argmin(rmse_r))
         row.update(rmse_random_best=rmse_r[best], n_random_best=n_r[best], rmse_random_end=rmse_r[-1],
