@@ -25,6 +25,7 @@ STAGES = {
     "predict": "MC-dropout posteriors on the test split",
     "evaluate": "calibration, metrics and figures of one question's posteriors",
     "metrics": "gather per-question metrics into results/metrics.json",
+    "finetune": "fine-tune a trained model on new labels (rings); survey-to-survey transfer",
     "active-learning": "BALD against random acquisition: simulation runs and their summary",
     "validate": "validate params files and catalogs",
 }
