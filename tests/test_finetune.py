@@ -15,8 +15,9 @@ ROOT_PARAMS = "params.yaml"
 
 def tiny_params(**overrides):
     params = config.load(ROOT_PARAMS)
-    params["finetune"].update(head_epochs=12, unfreeze_epochs=4, unfreeze_layers=2, min_epochs=2, patience=4,
-                              batch_size=16, min_steps_per_epoch=4, val_fraction=0.25, passes=2, **overrides)
+    params["finetune"].update({"head_epochs": 12, "unfreeze_epochs": 4, "unfreeze_layers": 2, "min_epochs": 2,
+                               "patience": 4, "batch_size": 16, "min_steps_per_epoch": 4, "val_fraction": 0.25,
+                               "passes": 2, **overrides})
     return params
 
 
@@ -106,7 +107,7 @@ def test_votes_catalog_reads_k_and_n(tmp_path):
 
 def test_class_weights_balance_the_classes():
     w = finetune.class_weights(np.array([True, False, False, False]))
-    assert w.tolist() == [2.0, 2 / 3, 2 / 3, 2 / 3]  # n / (2 n_class): each class sums to n / 2
+    np.testing.assert_allclose(w, [2.0, 2 / 3, 2 / 3, 2 / 3])  # n / (2 n_class): each class sums to n / 2
     assert finetune.class_weights(np.array([True, True])).tolist() == [1.0, 1.0]
 
 
@@ -173,7 +174,30 @@ def test_unfreezing_trains_only_the_last_layers(tmp_path):
     assert changed == [False] * (len(layers) - 2) + [True, True]  # conv3_2 and dense; conv1_1 .. conv3_1 frozen
 
 
-def test_fine_tune_learns_a_planted_signal(tmp_path):
+@pytest.fixture(scope="module")
+def pretrained_base(tmp_path_factory):
+    """A base model trained (train.fit, binomial votes) on other images of the blob: its trunk knows the feature.
+
+    A random trunk's features are ~1e-3 and barely differ between classes; a trained one is what is fine-tuned.
+    """
+    import tensorflow as tf
+
+    from gzmorph.train import FitSettings, fit
+
+    rng = np.random.default_rng(7)
+    bright = np.arange(128) % 2 == 1
+    images = np.stack([np.asarray(Image.fromarray(blob_image(b, rng)).resize((32, 32))) for b in bright])
+    votes = np.stack([np.where(bright, 9.0, 1.0), np.full(128, 10.0)], axis=1).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images, votes)).shuffle(128, seed=0).repeat().batch(32)
+    val = tf.data.Dataset.from_tensor_slices((images[:32], votes[:32])).batch(32)
+    model = base_model()
+    fit(model, ds, val, settings=FitSettings(learning_rate=3e-3, max_epochs=10), steps_per_epoch=8)
+    path = tmp_path_factory.mktemp("base") / "base.keras"
+    model.save(path)
+    return path
+
+
+def test_fine_tune_learns_a_planted_signal(tmp_path, pretrained_base):
     from gzmorph import cli
 
     path, _ = write_ring_catalog(tmp_path, n=96, seed=1)
@@ -181,8 +205,7 @@ def test_fine_tune_learns_a_planted_signal(tmp_path):
     import yaml
 
     params_path.write_text(yaml.safe_dump(tiny_params()))
-    base = tmp_path / "base.keras"
-    base_model().save(base)
+    base = pretrained_base
     out = tmp_path / "out"
     rc = cli.main(["finetune", "fit", "--params", str(params_path), "--base", str(base), "--labels", str(path),
                    "--model", str(out / "ft.keras"), "--metrics", str(out / "m.json"),

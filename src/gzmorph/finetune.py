@@ -227,10 +227,11 @@ def weight_layers(body: keras.Model) -> list[keras.layers.Layer]:
 
 def freeze(body: keras.Model, unfrozen: int = 0) -> None:
     """Freeze the trunk but its last ``unfrozen`` weight layers (convolutions, dense)."""
-    body.trainable = True
+    body.trainable = True  # (Keras 3 does not pass this on to layers frozen before, so each is set below)
     layers = weight_layers(body)
-    for layer in layers[:max(len(layers) - int(unfrozen), 0)]:
-        layer.trainable = False
+    first = max(len(layers) - int(unfrozen), 0)
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= first
 
 
 def loss_of(head: str) -> keras.losses.Loss:
