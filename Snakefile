@@ -3,6 +3,7 @@
 # All settings live in params.yaml (or files given with --configfile), validated on load.
 
 import os
+import re
 
 from gzmorph.config import ConfigError, active_surveys, validate, write_resolved
 
@@ -35,6 +36,13 @@ SOURCE = config["data_source"]  # simulated (default, no network) or real
 SURVEYS = list(active_surveys(config))
 QUESTIONS = list(config["train"]["questions"])
 AL_QUESTIONS = list(config["active_learning"]["questions"])
+MODELS = config["train"]["models"]  # binomial (per question) and/or tree (the whole-tree model)
+TRAIN_SURVEY = config["train"]["survey"]
+
+
+# A question is one of the configured ones: data/models/{question}.keras must not match data/models/tree/<survey>.
+wildcard_constraints:
+    question="|".join(re.escape(q) for q in dict.fromkeys(QUESTIONS + AL_QUESTIONS)),
 
 
 include: "workflow/rules/common.smk"
@@ -62,6 +70,7 @@ rule all:
         expand("results/fetch/{survey}.json", survey=SURVEYS if SOURCE == "real" else []),
         "results/crossmatch/stats.json",
         "results/crossmatch/sky.png",
-        expand("results/predictions/{question}.parquet", question=QUESTIONS),
-        expand("results/calibration/{question}.csv", question=QUESTIONS),
-        "results/metrics.json",
+        expand("results/predictions/{question}.parquet", question=QUESTIONS if "binomial" in MODELS else []),
+        expand("results/calibration/{question}.csv", question=QUESTIONS if "binomial" in MODELS else []),
+        ["results/metrics.json"] if "binomial" in MODELS else [],
+        [f"results/posteriors/{TRAIN_SURVEY}.parquet"] if "tree" in MODELS else [],

@@ -1,6 +1,7 @@
 """Peak memory of each stage at 1x, 4x and 16x the default catalog: it must stay flat.
 
     .venv/bin/python bench/bench_memory.py [--scales 1 4 16] [--al-scales 1 4] [--base 5900] [--workdir DIR]
+                                           [--stages predict_tree ...]
 
 1x is ``--base`` galaxies (the default run's SDSS catalog: ~5,900 of ``simulate.n_galaxies`` 8,000).  Tiny
 synthetic shards keep it to a few minutes on 2 cores: 32 px images (3 kB of pixels each, so a stage that held a
@@ -11,6 +12,8 @@ Stages, each in a fresh child process, at every scale:
 - ``train_input``: one epoch of ``vote_dataset`` on the train split as ``gzmorph train`` builds it (seeded shuffled
   file interleave, shuffle buffer, parse, vote cut), no model;
 - ``predict``: ``gzmorph predict`` (T = 2 MC passes + 1) of the test split with a small untrained model;
+- ``predict_tree``: ``gzmorph predict --tree`` (T = 2) of every split (the posterior catalog) with a small
+  untrained whole-tree model, chunk files and all;
 - ``active_learning`` (``--al-scales``): ``gzmorph active-learning run`` (BALD, 1 acquisition, 1 epoch of a small
   model): load the pool index, train on the filtered labelled stream, score the streamed pool and test split.
 
@@ -40,7 +43,7 @@ SHARD_SIZE = 256
 FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
 SEED = 42
 QUESTION = "bar"
-STAGES = ("shards", "train_input", "predict", "active_learning")
+STAGES = ("shards", "train_input", "predict", "predict_tree", "active_learning")
 
 
 def _params(workdir: Path) -> dict:
@@ -101,6 +104,17 @@ def child(stage: str, n: int, workdir: Path) -> None:
         print(json.dumps({"baseline": _rss()}), flush=True)
         predict.predict(params, QUESTION, shard_dir, model_path, workdir / f"pred-{n}.parquet", threads=2,
                         progress=False)
+    elif stage == "predict_tree":
+        from gzmorph import predict, train
+        from gzmorph.tree import GZ2
+
+        model_path = workdir / "tree.keras"
+        if not model_path.exists():
+            train.build_tree_model(params, GZ2, RESOLUTION).save(model_path)
+        predict.load_model(model_path)
+        print(json.dumps({"baseline": _rss()}), flush=True)
+        predict.predict_tree(params, model_path, workdir / f"posteriors-{n}.parquet", shards=shard_dir, split="all",
+                             threads=2, progress=False)
     elif stage == "active_learning":
         from gzmorph import active_learning as al
         from gzmorph import train  # noqa: F401  (keras)
@@ -149,6 +163,8 @@ def main() -> None:
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--al-scales", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                    help="stages to measure (shards are always written: the others read them)")
     ap.add_argument("--child", choices=STAGES, default=None)
     ap.add_argument("--n", type=int, default=0)
     args = ap.parse_args()
@@ -170,6 +186,8 @@ def main() -> None:
         print(f"{'stage':<16}{'scale':>6}{'galaxies':>10}{'peak MB':>10}{'above base MB':>15}{'peak/1x':>9}"
               f"{'above/1x':>10}{'s':>7}")
         for stage in STAGES:
+            if stage != "shards" and stage not in args.stages:
+                continue
             first = None
             for s in {"shards": scales, "active_learning": args.al_scales}.get(stage, args.scales):
                 n = args.base * s

@@ -10,7 +10,7 @@ from scipy.stats import binom
 
 from gzmorph import acquisition
 from gzmorph.acquisition import acquire, expected_votes, mutual_information
-from gzmorph.posterior import mixture_pmf
+from gzmorph.posterior import answer_mixture_pmf, mixture_pmf
 
 
 def _brute_force_mi(rho: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -178,3 +178,112 @@ def test_acquire_never_returns_excluded_random() -> None:
     # best first, then ascending index among equal scores
     keys = list(zip(-scores[picked], picked, strict=True))
     assert keys == sorted(keys)
+
+
+# ---------------------------------------------------------------------------------------------- tree BALD
+
+def _concentrations(g: int, t: int, a: int, spread: float, seed: int = 0) -> np.ndarray:
+    """alpha in (1, 101) like the model head: a galaxy centre plus pass-to-pass noise of ``spread`` (logits)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, size=(g, 1, a)) + rng.normal(0, spread, size=(g, t, a))
+    return 1.0 + 100.0 / (1.0 + np.exp(-logits))
+
+
+def _brute_force_dm_mi(alpha: np.ndarray, n: int) -> np.ndarray:
+    """H[mean_t DM_t] - mean_t H[DM_t], looping over galaxies, passes and every count vector (scipy pmf)."""
+    from itertools import product
+
+    from scipy.stats import dirichlet_multinomial
+
+    g, t, a = alpha.shape
+    vectors = [k for k in product(range(n + 1), repeat=a) if sum(k) == n]
+    out = np.zeros(g)
+    for i in range(g):
+        p = np.array([[dirichlet_multinomial.pmf(k, alpha[i, s], n) for k in vectors] for s in range(t)])
+        pbar = p.mean(axis=0)
+        out[i] = -np.sum(pbar * np.log(pbar)) + np.mean(np.sum(p * np.log(p), axis=1))
+    return out
+
+
+def test_compositions_enumerate_every_count_vector_once():
+    vectors = acquisition.compositions(5, 3)
+    assert vectors.shape == (math.comb(7, 2), 3)
+    assert np.all(vectors.sum(axis=1) == 5) and np.all(vectors >= 0)
+    assert len({tuple(v) for v in vectors}) == len(vectors)
+    np.testing.assert_array_equal(acquisition.compositions(3, 1), [[3]])
+    np.testing.assert_array_equal(acquisition.compositions(0, 2), [[0, 0]])
+
+
+@pytest.mark.parametrize(("answers", "n"), [(3, 6), (4, 4)])
+def test_dm_mi_exact_matches_brute_force(answers, n):
+    alpha = _concentrations(4, 5, answers, spread=1.0, seed=answers)
+    np.testing.assert_allclose(acquisition.dm_mutual_information(alpha, n), _brute_force_dm_mi(alpha, n),
+                               rtol=1e-9, atol=1e-13)
+
+
+def test_dm_mi_of_two_answers_is_the_beta_binomial_mixture_mi():
+    from scipy.stats import betabinom
+
+    alpha = _concentrations(6, 8, 2, spread=0.8, seed=5)
+    n = 40
+    mixture = answer_mixture_pmf(alpha, np.full(6, n), 0)
+    k = np.arange(n + 1)
+    per_pass = betabinom.pmf(k[None, None, :], n, alpha[:, :, :1], alpha[:, :, 1:])  # [G, T, N + 1]
+    want = acquisition.entropy(mixture) - acquisition.entropy(per_pass).mean(axis=1)
+    np.testing.assert_allclose(acquisition.dm_mutual_information(alpha, n), want, rtol=1e-10)
+
+
+def test_dm_mi_zero_for_agreeing_passes_no_votes_or_one_answer():
+    alpha = np.repeat(_concentrations(3, 1, 5, spread=0.0), 6, axis=1)
+    assert np.all(np.abs(acquisition.dm_mutual_information(alpha, 40)) < 1e-12)  # Monte Carlo (5 answers)
+    assert np.all(np.abs(acquisition.dm_mutual_information(alpha[:, :, :3], 40)) < 1e-12)  # exact
+    assert np.all(acquisition.dm_mutual_information(_concentrations(3, 4, 3, 1.0), 0) == 0)
+    assert np.all(acquisition.dm_mutual_information(_concentrations(3, 4, 1, 1.0), 10) == 0)
+
+
+def test_dm_mi_chunking_and_per_galaxy_n():
+    alpha = _concentrations(30, 6, 3, spread=0.5, seed=7)
+    n = np.array([0, 5, 40] * 10)
+    whole = acquisition.dm_mutual_information(alpha, n)
+    np.testing.assert_allclose(acquisition.dm_mutual_information(alpha, n, chunk_size=4), whole, rtol=1e-12)
+    for value in (5, 40):
+        np.testing.assert_allclose(whole[n == value], acquisition.dm_mutual_information(alpha[n == value], value),
+                                   rtol=1e-12)
+    assert np.all(whole[n == 0] == 0) and np.all(whole[n > 0] > 0)
+
+
+@pytest.mark.parametrize("spread", [0.05, 0.3, 1.0])
+def test_dm_mi_monte_carlo_accuracy_against_exact(spread):
+    """Forced Monte Carlo (max_support=0) vs the exact sum, 4 answers, N = 20 (1771 count vectors), T = 30.
+
+    Measured: mean relative error 3.5-6 %, worst of 60 galaxies 15 %, correlation > 0.99.
+    """
+    alpha = _concentrations(60, 30, 4, spread=spread, seed=11)
+    exact = acquisition.dm_mutual_information(alpha, 20)
+    mc = acquisition.dm_mutual_information(alpha, 20, max_support=0, seed=3)
+    relative = np.abs(mc - exact) / exact
+    assert relative.mean() < 0.08 and relative.max() < 0.25
+    assert np.corrcoef(mc, exact)[0, 1] > 0.98  # ranking (what BALD uses) is kept
+    np.testing.assert_array_equal(mc, acquisition.dm_mutual_information(alpha, 20, max_support=0, seed=3))
+
+
+def test_tree_mutual_information_weights_questions_by_proportion_asked():
+    from gzmorph.posterior import proportion_asked, tree_expected_fractions
+    from gzmorph.tree import DECALS_DR5 as tree
+
+    alpha = _concentrations(5, 4, tree.n_answers(), spread=0.7, seed=2)
+    # galaxy 0: every pass says 'smooth' strongly, so the disk questions are barely asked
+    smooth = tree.answer_columns.index("smooth-or-featured_smooth")
+    alpha[0, :, tree.answer_slices["smooth-or-featured"]] = 1.0
+    alpha[0, :, smooth] = 100.0
+    score, mi = acquisition.tree_mutual_information(alpha, tree, 10, per_question=True)
+    weights = proportion_asked(tree_expected_fractions(alpha, tree), tree)
+    np.testing.assert_allclose(score, np.sum(weights * mi, axis=1), rtol=1e-12)
+    q = tree.question_names.index("bar")
+    np.testing.assert_allclose(mi[:, q], acquisition.dm_mutual_information(alpha[:, :, tree.answer_slices["bar"]], 10))
+    assert weights[0, q] < 0.02 and weights[0, q] * mi[0, q] < 0.02 * mi[0, q] + 1e-15
+    per_q = {name: i + 1 for i, name in enumerate(tree.question_names)}
+    s2, mi2 = acquisition.tree_mutual_information(alpha, tree, per_q, per_question=True)
+    np.testing.assert_allclose(mi2[:, 0], acquisition.dm_mutual_information(alpha[:, :, :3], 1))
+    with pytest.raises(KeyError, match="merging"):
+        acquisition.tree_mutual_information(alpha, tree, {"bar": 3})

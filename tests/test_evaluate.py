@@ -108,6 +108,23 @@ def test_epsilon_grid_and_calibration_table():
     assert table["coverage_error_mc"].isna().tolist() == [True, False, False]
 
 
+def test_calibration_table_oracle_columns_use_the_true_rho():
+    """The truth columns are the binomial posterior of the true rho, over galaxies with a finite truth only."""
+    pmf, k, n = _hand_case()
+    rho = np.array([[0.1, 0.1], [0.1, 0.1], [0.9, 0.9]])  # far from the hand case: differs from the oracle
+    post = ev.posteriors(k, n, rho, rho[:, 0])
+    truth = np.array([0.5, 0.9, 0.2])  # the hand case's rho
+    table = ev.calibration_table(post, [0.0, 0.25, 0.51], truth=truth)
+    assert list(table.columns) == [*ev.CALIBRATION_COLUMNS, *ev.TRUTH_CALIBRATION_COLUMNS]
+    np.testing.assert_allclose(table["expected_truth"], [0, 1.95, 2.95])
+    np.testing.assert_array_equal(table["actual_truth"], [0, 1, 3])
+    assert not np.allclose(table["expected_mc"], table["expected_truth"])
+    # a galaxy without truth is left out of the oracle, not counted as a miss
+    partial = ev.calibration_table(post, [0.51], truth=np.array([0.5, np.nan, 0.2]))
+    assert partial["actual_truth"].tolist() == [2]
+    assert "coverage_error_truth" not in ev.calibration_table(post, [0.51]).columns
+
+
 def test_t1_uses_only_the_first_pass():
     """Pass 0 is the hand case (rho .5/.9/.2, N = 2); pass 1 and rho_point differ, so only t1 matches it."""
     _, k, n = _hand_case()
@@ -381,7 +398,7 @@ def test_cli_end_to_end(stage_inputs, tmp_path, images):
     assert g >= 8
 
     table = pd.read_csv(out / "calibration.csv")
-    assert list(table.columns) == list(ev.CALIBRATION_COLUMNS)
+    assert list(table.columns) == [*ev.CALIBRATION_COLUMNS, *ev.TRUTH_CALIBRATION_COLUMNS]  # simulated: oracle too
     assert table["epsilon"].is_monotonic_increasing and table["epsilon"].is_unique
     assert set(ev.TABLE_EPSILONS) <= set(np.round(table["epsilon"], 10))
     assert math.isnan(table["coverage_error_mc"].iloc[0]) and table["actual_mc"].iloc[0] == 0
@@ -405,6 +422,11 @@ def test_cli_end_to_end(stage_inputs, tmp_path, images):
     assert truth["t1_rho"] == pytest.approx(np.sqrt(np.mean((rho[:, 0] - test["truth_rho_bar_yes"]) ** 2)), rel=1e-5)
     for kind in ev.KINDS:
         assert set(metrics["coverage_error"][kind]) == {"eps_0p02", "eps_0p05", "eps_0p10", "eps_0p20"}
+    truth_rho = test["truth_rho_bar_yes"].to_numpy()
+    expect_truth = ev.coverage_counts(single_pass_pmf(truth_rho, n), k, n, table["epsilon"].to_numpy())
+    np.testing.assert_array_equal(table["actual_truth"], expect_truth.actual)
+    np.testing.assert_allclose(table["expected_truth"], expect_truth.expected, rtol=1e-5)
+    assert set(metrics["coverage_error"]["truth"]) == {"eps_0p02", "eps_0p05", "eps_0p10", "eps_0p20"}
     row = table.set_index(np.round(table["epsilon"], 10)).loc[0.1]
     assert metrics["coverage_error"]["t1"]["eps_0p10"] == pytest.approx(row["coverage_error_t1"], rel=1e-4)
     assert metrics["coverage_error"]["deterministic"]["eps_0p10"] == pytest.approx(

@@ -130,3 +130,84 @@ def test_keras_loss_reduces_by_batch_mean_and_trains():
     model.fit(x, np.stack([k_all, n_all], 1), epochs=60, batch_size=64, verbose=0)
     rho_hat = float(_np(rho_from_logits(model(x[:1])))[0])
     assert rho_hat == pytest.approx(k_all.sum() / n_all.sum(), abs=0.02)
+
+
+# ------------------------------------------------------------------ Dirichlet-multinomial over the tree
+
+
+def _tree_votes(tree, n_galaxies: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random counts (some questions with N = 0) and concentrations in the zoobot range [1, 101]."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_galaxies, tree.n_answers()), np.float32)
+    for s in tree.answer_slices.values():
+        n = rng.integers(0, 30, n_galaxies) * (rng.random(n_galaxies) < 0.7)  # ~30 % never asked
+        for g in range(n_galaxies):
+            counts[g, s] = rng.multinomial(n[g], np.full(s.stop - s.start, 1.0 / (s.stop - s.start)))
+    alpha = rng.uniform(1.0, 101.0, counts.shape).astype(np.float32)
+    return counts, alpha
+
+
+def test_dirichlet_multinomial_matches_scipy_per_question_and_summed():
+    from scipy.stats import dirichlet_multinomial
+
+    from gzmorph.losses import dirichlet_multinomial_nll, dirichlet_multinomial_nll_per_question
+    from gzmorph.tree import GZ2
+
+    counts, alpha = _tree_votes(GZ2, 40)
+    per_question = _np(dirichlet_multinomial_nll_per_question(counts, alpha, GZ2))
+    expected = np.zeros_like(per_question, dtype=np.float64)
+    for j, s in enumerate(GZ2.answer_slices.values()):
+        for g in range(len(counts)):
+            k = counts[g, s].astype(np.int64)
+            if k.sum() > 0:
+                expected[g, j] = -dirichlet_multinomial.logpmf(k, alpha[g, s].astype(np.float64), k.sum())
+    assert (expected == 0).any() and (expected > 0).any()  # both kinds of question are exercised
+    np.testing.assert_allclose(per_question, expected, rtol=2e-5, atol=2e-4)
+    np.testing.assert_allclose(_np(dirichlet_multinomial_nll(counts, alpha, GZ2)), expected.sum(axis=1),
+                               rtol=2e-5, atol=1e-3)
+
+
+def test_dirichlet_multinomial_hand_computed():
+    """alpha = 1 for every answer: DM is uniform over the compositions of N, 1 / C(N + m - 1, m - 1)."""
+    from gzmorph.losses import dirichlet_multinomial_nll_per_question
+    from gzmorph.tree import GZ2
+
+    counts = np.zeros((1, GZ2.n_answers()), np.float32)
+    s = GZ2.answer_slices
+    counts[0, s["smooth-or-featured"]] = [2, 0, 0]  # N = 2 over 3 answers: 6 compositions
+    counts[0, s["disk-edge-on"]] = [1, 1]  # N = 2 over 2 answers: 3 compositions
+    per_question = _np(dirichlet_multinomial_nll_per_question(counts, np.ones_like(counts), GZ2))[0]
+    names = list(s)
+    assert per_question[names.index("smooth-or-featured")] == pytest.approx(math.log(6), rel=1e-5)
+    assert per_question[names.index("disk-edge-on")] == pytest.approx(math.log(3), rel=1e-5)
+    others = [j for j, q in enumerate(names) if q not in ("smooth-or-featured", "disk-edge-on")]
+    assert np.all(per_question[others] == 0.0)
+
+
+def test_dirichlet_multinomial_unasked_questions_have_no_gradient():
+    from gzmorph.losses import dirichlet_multinomial_nll
+    from gzmorph.tree import GZ2
+
+    counts, alpha = _tree_votes(GZ2, 16, seed=1)
+    alpha_var = tf.Variable(alpha)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(dirichlet_multinomial_nll(counts, alpha_var, GZ2))
+    grad = tape.gradient(loss, alpha_var).numpy()
+    asked = np.zeros_like(counts, dtype=bool)
+    for s in GZ2.answer_slices.values():
+        asked[:, s] = counts[:, s].sum(axis=1, keepdims=True) > 0
+    assert (~asked).any() and asked.any()
+    assert np.all(grad[~asked] == 0.0)
+    assert np.all(np.isfinite(grad)) and np.count_nonzero(grad[asked]) > 0.9 * asked.sum()
+
+
+def test_dirichlet_multinomial_loss_class_round_trips_and_means():
+    from gzmorph.losses import DirichletMultinomialLoss, dirichlet_multinomial_nll
+    from gzmorph.tree import DECALS_DR5
+
+    counts, alpha = _tree_votes(DECALS_DR5, 8, seed=2)
+    loss = DirichletMultinomialLoss(tree="decals-dr5")
+    clone = DirichletMultinomialLoss.from_config(loss.get_config())
+    expected = float(np.mean(_np(dirichlet_multinomial_nll(counts, alpha, DECALS_DR5))))
+    assert float(_np(clone(counts, alpha))) == pytest.approx(expected, rel=1e-6)
+    assert clone.tree is DECALS_DR5

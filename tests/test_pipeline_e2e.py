@@ -72,11 +72,22 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert list(predictions.columns) == ["id_str", "votes", "total_votes", "rho", "rho_point"]
         assert (predictions["rho"].map(len) == params["predict"]["passes"]).all()
         calibration = pd.read_csv(workdir / f"results/calibration/{question}.csv")
-        assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in ("mc", "t1", "deterministic")
+        assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in ("mc", "t1", "deterministic", "truth")
                                                            for w in ("expected", "actual", "coverage_error")]
         learnability = pd.read_csv(workdir / f"results/evaluation/{question}/learnability.csv")
         assert learnability["group"].iloc[0] == "all"
         assert {0.02, 0.05, 0.1, 0.2} <= set(calibration["epsilon"].round(4))
+    if "tree" in params["train"]["models"]:  # the whole-tree model's posterior catalog: every galaxy, every answer
+        from gzmorph.tree import get_tree
+        from gzmorph.tree_catalog import load_concentrations
+
+        survey = params["train"]["survey"]
+        tree = get_tree(params["simulate"]["surveys"][survey]["tree"])
+        ids, alpha = load_concentrations(workdir / f"results/posteriors/{survey}.parquet", tree)
+        manifest = json.loads((workdir / f"data/shards/{survey}/manifest.json").read_text())
+        assert len(ids) == manifest["n_galaxies"] and len(set(ids)) == len(ids)
+        assert alpha.shape[1:] == (params["predict"]["passes"], tree.n_answers()) and (alpha >= 1).all()
+        assert not (workdir / f"results/posteriors/{survey}.parquet.chunks").exists()
     metrics = json.loads((workdir / "results/metrics.json").read_text())
     assert set(metrics) == set(params["train"]["questions"])
     stats = json.loads((workdir / "results/crossmatch/stats.json").read_text())
@@ -136,7 +147,8 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
     check_outputs(work, merged)
 
     questions = list(merged["train"]["questions"])
-    trained = {f"{stage}@{q}" for stage in ("train", "predict", "evaluate") for q in questions} | {"metrics"}
+    trained = {f"{stage}@{q}" for stage in ("train", "predict", "evaluate") for q in questions} | {
+        "metrics", "train_tree", "predict_tree"}
     al = merged["active_learning"]
     al_runs = {f"active_learning_run@{q}-{s}-{seed}" for q in al["questions"] for s in al["strategies"]
                for seed in al["seeds"]}
@@ -156,7 +168,7 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
         {"active_learning"} if bar_al else set())
     set_param(work / "params.yaml", "predict.passes", 2)
     assert stages_run(run([dvc, "repro"], work)) == {f"{s}@{q}" for s in ("predict", "evaluate") for q in questions} | {
-        "metrics"}
+        "metrics", "predict_tree"}
     shown = run_json([dvc, "metrics", "show", "--json"], work)
     assert set(next(iter(shown.values()))["data"]["results/metrics.json"]["data"]) == set(questions)
     plots = run_json([dvc, "plots", "show", "--json"], work)["data"]

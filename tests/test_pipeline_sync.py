@@ -113,3 +113,99 @@ def test_every_rule_has_log_benchmark_threads_resources():
 def test_snakemake_lint_is_clean(extra):
     res = subprocess.run([str(SNAKEMAKE), "--lint", *extra], cwd=ROOT, capture_output=True, text=True)
     assert "Congratulations" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------------------------------------- code dependencies
+
+SRC = ROOT / "src" / "gzmorph"
+# Loading/validating settings and atomic writes cannot change a result (settings are tracked as params).
+NOT_RESULT_CODE = {"config.py", "io.py", "cli.py", "__init__.py"}
+
+
+def gzmorph_imports(path: Path) -> set[Path]:
+    """Source files of the gzmorph modules ``path`` imports (module-level or inside functions)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("gzmorph"):
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # `from gzmorph import io`
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("gzmorph"))
+    files = set()
+    for name in names:
+        stem = ROOT / "src" / name.replace(".", "/")
+        if stem.with_suffix(".py").exists():
+            files.add(stem.with_suffix(".py"))
+        elif (stem / "__init__.py").exists():
+            files.add(stem / "__init__.py")
+    return files
+
+
+def code_of(module: Path) -> set[str]:
+    """Every gzmorph source file ``module`` runs: itself and what it imports, transitively (repo-relative)."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(gzmorph_imports(path))
+    return {str(p.relative_to(ROOT)) for p in seen if p.name not in NOT_RESULT_CODE or p.parent.name == "sim"}
+
+
+def stage_module(cmd: str) -> Path:
+    """The module behind ``gzmorph <stage> ...`` (see gzmorph.cli.STAGES)."""
+    from gzmorph.cli import STAGES
+
+    stage = cmd.split()[1]
+    assert cmd.split()[0] == "gzmorph" and stage in STAGES, f"not a gzmorph stage: {cmd}"
+    return SRC / f"{stage.replace('-', '_')}.py"
+
+
+def test_gzmorph_imports_sees_function_level_imports():
+    found = {p.name for p in gzmorph_imports(SRC / "active_learning.py")}
+    assert {"predict.py", "evaluate.py", "shards.py", "inputs.py"} <= found  # some are imported inside functions
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    """A dependency covers itself and, when a folder, the files in it."""
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def test_every_stage_lists_the_code_it_runs():
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        for stage in repo.index.stages:
+            deps = [str(d.def_path) for d in stage.deps if type(d).__name__ != "ParamsDependency"]
+
+            missing = sorted(p for p in code_of(stage_module(stage.cmd)) if not covered(p, deps))
+            assert not missing, f"dvc stage {stage.addressing} runs {missing} but does not list it in deps"
+
+
+def test_question_names_in_dvc_yaml_follow_params():
+    """Where dvc.yaml must spell out questions (a list of files, plots), they are exactly the configured ones."""
+    import yaml
+
+    from gzmorph.tree import TREES
+
+    params = config.load(ROOT / "params.yaml")
+    questions, al_questions = set(params["train"]["questions"]), set(params["active_learning"]["questions"])
+    text = (ROOT / "dvc.yaml").read_text()
+    known = {q for tree in TREES.values() for q in tree.question_names}
+    named = {q for q in known if re.search(rf"(?<![\w-]){re.escape(q)}(?![\w-])", text)}
+    assert named <= questions | al_questions, f"dvc.yaml names questions not configured: {named - questions}"
+
+    dvc = yaml.safe_load(text)
+    metrics = dvc["stages"]["metrics"]
+    assert {d for d in metrics["deps"] if d.startswith("results/evaluation/")} == {
+        f"results/evaluation/{q}/metrics.json" for q in questions}
+    assert all(f"results/evaluation/{q}/metrics.json" in metrics["cmd"] for q in questions)
+    calibration = next(p["calibration"] for p in dvc["plots"] if "calibration" in p)
+    assert set(calibration["y"]) == {f"results/calibration/{q}.csv" for q in questions}
+    assert dvc["stages"]["active_learning_run"]["matrix"]["question"] == "${active_learning.questions}"
+    summary = dvc["stages"]["active_learning"]
+    assert {d for d in summary["deps"] if d.startswith("results/active_learning/")} == {
+        f"results/active_learning/{q}" for q in al_questions}

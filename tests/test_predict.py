@@ -111,3 +111,19 @@ def test_cli_errors_are_one_line(setup, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("gzmorph predict: error:") and needle in err and "\n" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_any_split_or_all(setup, default_run):
+    """--split all: train, val and test in turn, each after the cut; the test part equals the default run."""
+    from gzmorph.predict import load_predictions
+
+    out = _predict(setup, "all", chunk_size=64, split="all")
+    df, rho = load_predictions(out)
+    cat = setup["df"]
+    kept = cat[cat["bar_total-votes"] >= 10]
+    assert sorted(df["id_str"]) == sorted(kept["id_str"]) and df.attrs["split"] == "all"
+    assert set(kept["split"]) == {"train", "val", "test"} and rho.shape == (len(kept), PASSES)
+    test_ids = set(cat.loc[cat["split"] == "test", "id_str"])
+    tail = df[df["id_str"].isin(test_ids)]
+    ref, _ = load_predictions(default_run)
+    assert tail["id_str"].tolist() == ref["id_str"].tolist()  # test comes last, in the same order

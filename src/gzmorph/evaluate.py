@@ -45,10 +45,12 @@ Outputs in ``--out-dir``, each written atomically:
 
 - ``calibration.csv``: ``epsilon`` and, for each of mc, t1, deterministic, ``expected_<kind>, actual_<kind>,
   coverage_error_<kind>`` for ε = 0, 0.01, ..., 0.5 (which includes the tables' 0.02, 0.05, 0.10, 0.20);
+  on simulated data also ``*_truth``, the oracle: the binomial posterior of the true rho (the calibration
+  the over-dispersed votes allow a perfect rho, :func:`calibration_table`);
 - ``learnability.csv``: ``group, n_galaxies, rmse_model, rmse_t1, rmse_class_only, rmse_constant, rmse_floor,
   gain_over_class`` (see above);
 - ``metrics.json``: n_galaxies, passes, rmse_vs_vote_fraction, rmse_vs_true_rho (null without truth),
-  coverage_error.{mc,t1,deterministic}.eps_0p02 ... eps_0p20 (ε keys without dots: DVC flattens keys with
+  coverage_error.{mc,t1,deterministic[,truth]}.eps_0p02 ... eps_0p20 (ε keys without dots: DVC flattens keys with
   dots), confusion.{all,high_confidence} counts and accuracy, roc_auc, learnability (null without truth:
   vote_cut, reference_galaxies, the rows all/smooth/disk and visibility.<feature>_<lo>_<hi> such as
   ``arms_0p3_0p5``); NaN is written as null;
@@ -86,6 +88,7 @@ KINDS = ("mc", "t1", "deterministic")  # the three posteriors (module docstring)
 KIND_NAMES = {"mc": "MC dropout", "t1": "T = 1 (paper's 'without MC')", "deterministic": "deterministic"}
 CALIBRATION_COLUMNS = ("epsilon", *(f"{what}_{kind}" for kind in KINDS
                                     for what in ("expected", "actual", "coverage_error")))
+TRUTH_CALIBRATION_COLUMNS = ("expected_truth", "actual_truth", "coverage_error_truth")  # simulated data only
 LEARNABILITY_COLUMNS = ("group", "n_galaxies", "rmse_model", "rmse_t1", "rmse_class_only", "rmse_constant",
                         "rmse_floor", "gain_over_class")
 VISIBILITY_FEATURES = ("arms", "bar", "disk")  # fields of gzmorph.sim.volunteers.Visibility
@@ -210,15 +213,30 @@ def posteriors(k: np.ndarray, n: np.ndarray, rho: np.ndarray, rho_point: np.ndar
                       single_pass_pmf(rho_point, n, n_max))
 
 
-def calibration_table(post: Posteriors, epsilons: Sequence[float] | np.ndarray | None = None) -> pd.DataFrame:
-    """calibration.csv: one row per ε with expected/actual counts and coverage error of each posterior kind."""
+def calibration_table(post: Posteriors, epsilons: Sequence[float] | np.ndarray | None = None,
+                      truth: np.ndarray | None = None) -> pd.DataFrame:
+    """calibration.csv: one row per ε with expected/actual counts and coverage error of each posterior kind.
+
+    With ``truth`` (simulated data: the true rho per galaxy) the ``*_truth`` columns give the oracle: the
+    binomial posterior of the true rho, over the galaxies with a finite truth.  It is the calibration that
+    a perfect rho-predictor reaches when votes are binomial given rho; the simulator's crowd offset and
+    volunteer biases make them over-dispersed, so the oracle is itself overconfident by that much.
+    """
     eps = epsilon_grid() if epsilons is None else np.asarray(epsilons, float)
     columns: dict[str, np.ndarray] = {"epsilon": eps}
     for kind in KINDS:
         cov = coverage_counts(post.pmf(kind), post.k, post.n, eps)
         columns.update({f"expected_{kind}": cov.expected, f"actual_{kind}": cov.actual,
                         f"coverage_error_{kind}": cov.coverage_error})
-    return pd.DataFrame(columns, columns=list(CALIBRATION_COLUMNS))
+    names = list(CALIBRATION_COLUMNS)
+    if truth is not None:
+        ok = np.isfinite(truth)
+        n = post.n[ok]
+        cov = coverage_counts(single_pass_pmf(truth[ok], n, int(n.max(initial=0))), post.k[ok], n, eps)
+        columns.update({"expected_truth": cov.expected, "actual_truth": cov.actual,
+                        "coverage_error_truth": cov.coverage_error})
+        names += list(TRUTH_CALIBRATION_COLUMNS)
+    return pd.DataFrame(columns, columns=names)
 
 
 # ---------------------------------------------------------------------------------------------- point metrics
@@ -390,7 +408,7 @@ def point_metrics(post: Posteriors, table: pd.DataFrame, truth: np.ndarray | Non
     metrics["coverage_error"] = {
         kind: {epsilon_key(e): rows.loc[round(e, 10), f"coverage_error_{kind}"] for e in TABLE_EPSILONS
                if round(e, 10) in rows.index}
-        for kind in KINDS
+        for kind in (*KINDS, "truth") if f"coverage_error_{kind}" in rows.columns
     }
     actual, predicted = human_majority(post.k, post.n), model_majority(post.rho_mean)
     hc = high_confidence
@@ -628,6 +646,9 @@ def calibration_figure(table: pd.DataFrame, title: str) -> Figure:
         ax.plot(e, table[f"expected_{kind}"], color=colour, lw=lw, label=f"{name}: expected")
         ax.plot(e, table[f"actual_{kind}"], color=colour, lw=lw, ls="--", label=f"{name}: actual")
         ax_err.plot(e, 100 * table[f"coverage_error_{kind}"], color=colour, lw=lw, label=name)
+    if "coverage_error_truth" in table.columns:
+        ax_err.plot(e, 100 * table["coverage_error_truth"], color="grey", lw=1.4, ls=":",
+                    label="true ρ, binomial (oracle)")
     ax.set_xlabel("maximum vote-fraction error ε")
     ax.set_ylabel("galaxies with |k/N − k̂/N| < ε (count)")
     ax.set_title("expected vs actual counts")
@@ -844,7 +865,7 @@ def evaluate(params: dict[str, Any], question: str, predictions: str | Path, out
     catalog_df = catalog_mod.load(catalog) if catalog is not None else None
     truth = truth_for(catalog_df, df["id_str"], question, answer)
 
-    table = calibration_table(post)
+    table = calibration_table(post, truth=truth)
     hc = high_confidence_mask(post.rho_mean)
     metrics = {"question": question, "answer": answer, **point_metrics(post, table, truth, hc)}
     learn = learnability(params, question, df, post, catalog_df, truth)

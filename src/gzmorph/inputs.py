@@ -10,7 +10,9 @@ which galaxies active learning draws from.
 
 :func:`vote_dataset` is the tf.data reader of (uint8 image, float32 (k, N)) batches after the cut;
 :func:`count_galaxies` / :func:`require_galaxies` count what the cut leaves (:class:`NoGalaxiesError` when
-nothing).  Thread pools, seeds and dtype policy are in :mod:`gzmorph.runtime`; training in :mod:`gzmorph.train`.
+nothing).  :func:`tree_dataset` reads every answer's counts for the whole-tree model (Walmsley et al.
+2021), with :func:`tree_spec` standing in for the cut (root question N >= 1).  Thread pools, seeds and dtype
+policy are in :mod:`gzmorph.runtime`; training in :mod:`gzmorph.train`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from gzmorph.config import ConfigError, UserError
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+    from gzmorph.tree import DecisionTree
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,14 @@ def vote_dataset(shard_dir: str | Path, split: str, spec: QuestionSpec, batch_si
 
     ds = make_dataset(shard_dir, split, columns=spec.columns, batch_size=batch_size, shuffle=shuffle,
                       seed=seed, with_ids=with_ids, counts_dtype="float32")
+    return _cut_and_rebatch(ds, select, batch_size, threads, n_galaxies)
+
+
+def _cut_and_rebatch(ds: tf.data.Dataset, select: Any, batch_size: int, threads: int | None,
+                     n_galaxies: int | None) -> tf.data.Dataset:
+    """The cut ``select`` per batch, full batches again, a known length with ``n_galaxies``, prefetch."""
+    import tensorflow as tf
+
     ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
     if n_galaxies is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n_galaxies / batch_size)))
@@ -159,3 +171,38 @@ def require_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> i
             f"{shard_dir}: no {split} galaxies left after the cut N({spec.question}) >= "
             f"{effective_cut(spec.min_total_votes)} ({total} before the cut)")
     return kept
+
+
+# ---------------------------------------------------------------------------------------------- whole-tree model
+
+
+def tree_dataset(shard_dir: str | Path, split: str, tree: DecisionTree, batch_size: int, *,
+                 shuffle: bool = False, seed: int | None = None, with_ids: bool = False,
+                 threads: int | None = None, n_galaxies: int | None = None) -> tf.data.Dataset:
+    """Batches of (uint8 image [B,R,R,3], float32 counts [B, n_answers]) (+ id_str) for a whole-tree model.
+
+    Counts are every answer's votes in ``tree.answer_columns`` order (the loss takes N per question as the
+    answer sum, as the shards' totals are).  Galaxies nobody classified (N = 0 for the root question) are
+    dropped: their loss is 0 and they would only dilute the batch mean.
+    """
+    import tensorflow as tf
+
+    from gzmorph.shards import make_dataset
+
+    root = tree.answer_slices[tree.questions[0].name]
+
+    def select(image: tf.Tensor, counts: tf.Tensor, *ids: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        keep = keep_mask(tf.reduce_sum(counts[:, root], axis=1), 1)
+        return tuple(tf.boolean_mask(t, keep) for t in (image, counts, *ids))
+
+    ds = make_dataset(shard_dir, split, columns=tree.answer_columns, batch_size=batch_size, shuffle=shuffle,
+                      seed=seed, with_ids=with_ids, counts_dtype="float32")
+    return _cut_and_rebatch(ds, select, batch_size, threads, n_galaxies)
+
+
+def tree_spec(tree: DecisionTree, crop_mode: str, crop_zoom: tuple[float, float]) -> QuestionSpec:
+    """The :class:`QuestionSpec` of the root question with the tree model's crop: counts galaxies for the cut."""
+    q = tree.questions[0]
+    return QuestionSpec(question=q.name, answer=q.answer_names[0], votes_column=q.answer_columns[0],
+                        total_column=q.total_column, min_total_votes=1, crop_mode=crop_mode,
+                        crop_zoom=(float(crop_zoom[0]), float(crop_zoom[1])))

@@ -1,4 +1,5 @@
-"""Binomial vote-count likelihood (Walmsley et al. 2020, §2.1-2.2, eqs 1-6).
+"""Vote-count likelihoods: binomial per question (Walmsley et al. 2020, §2.1-2.2, eqs 1-6) and
+Dirichlet-multinomial over the whole decision tree (Walmsley et al. 2021; end of this module).
 
 Each of N volunteers asked a question gives answer A with probability rho (the
 "typical vote fraction"), so the k votes for A are Binomial(k | rho, N) (eq. 2).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -119,4 +121,72 @@ class BinomialLoss(keras.losses.Loss):
     def get_config(self) -> dict:
         config = super().get_config()
         config["include_constant"] = self.include_constant
+        return config
+
+
+# ------------------------------------------------------------------ whole-tree model (Walmsley et al. 2021, zoobot)
+#
+# One network predicts Dirichlet concentrations alpha for every answer of the decision tree.  The votes k of one
+# question's N volunteers are Dirichlet-multinomial: the volunteers' typical vote fractions rho ~ Dir(alpha) and
+# k ~ Multinomial(N, rho), so
+#
+#     log DM(k | alpha, N) = log N! + log G(A) - log G(N + A) + sum_a [log G(k_a + alpha_a) - log G(alpha_a) - log k_a!]
+#
+# with A = sum_a alpha_a (G = Gamma).  The loss of a galaxy is the sum over questions of -log DM; a question
+# nobody was asked (N = 0) costs exactly 0 and passes no gradient.  The sums over a question's answers are one
+# matmul with the tree's answer -> question indicator matrix, so the loss is vectorised over galaxies and
+# questions alike (no Python loop in the graph).
+
+
+def answer_question_matrix(tree) -> np.ndarray:
+    """Indicator [n_answers, n_questions]: 1 where the answer (``answer_columns`` order) belongs to the question."""
+    slices = tree.answer_slices
+    matrix = np.zeros((tree.n_answers(), len(slices)), np.float32)
+    for j, s in enumerate(slices.values()):
+        matrix[s, j] = 1.0
+    return matrix
+
+
+def dirichlet_multinomial_nll_per_question(counts, alpha, tree):
+    """-log DM(k | alpha, N) per galaxy and question [B, n_questions], N = the question's answer sum.
+
+    counts, alpha: [B, n_answers] in the tree's ``answer_columns`` order (alpha > 0).  Questions with N = 0
+    give exactly 0, and no gradient (``where`` sends the gradient of the unselected branch nowhere).
+    """
+    membership = ops.convert_to_tensor(answer_question_matrix(tree))
+    k = ops.cast(counts, "float32")
+    alpha = ops.cast(alpha, "float32")
+    n = ops.matmul(k, membership)
+    total_alpha = ops.matmul(alpha, membership)
+    per_answer = lgamma(k + alpha) - lgamma(alpha) - lgamma(k + 1.0)
+    log_dm = lgamma(n + 1.0) + lgamma(total_alpha) - lgamma(n + total_alpha) + ops.matmul(per_answer, membership)
+    return ops.where(n > 0, -log_dm, ops.zeros_like(log_dm))
+
+
+def dirichlet_multinomial_nll(counts, alpha, tree):
+    """Per-galaxy NLL of the whole tree [B]: -log DM summed over questions (each with its own N)."""
+    return ops.sum(dirichlet_multinomial_nll_per_question(counts, alpha, tree), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="gzmorph")
+class DirichletMultinomialLoss(keras.losses.Loss):
+    """Keras loss: y_true [B, n_answers] vote counts, y_pred [B, n_answers] concentrations, tree by name.
+
+    Reduction (default "sum_over_batch_size"): the mean over galaxies of the per-galaxy sum over questions.
+    """
+
+    def __init__(self, tree: str = "gz2", name: str = "dirichlet_multinomial_loss",
+                 reduction: str = "sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        from gzmorph.tree import get_tree
+
+        self.tree_name = str(tree)
+        self.tree = get_tree(self.tree_name)
+
+    def call(self, y_true, y_pred):
+        return dirichlet_multinomial_nll(y_true, y_pred, self.tree)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["tree"] = self.tree_name
         return config

@@ -276,11 +276,16 @@ def build_model(
     dropout_rate: float = 0.5,
     seed: int | None = None,
     augment: bool = True,
+    concentrations: int | None = None,
 ) -> keras.Model:
     """Fig. 3 CNN: uint8 images [B, input_size, input_size, channels] -> logits [B, 2] (float32).
 
     rho = softmax(logits)[..., 0] (``losses.rho_from_logits``).  Call with
     training=True for MC-dropout + test-time-augmentation passes.
+
+    ``concentrations`` = n_answers gives the whole-tree head instead (Walmsley et al. 2021): Dirichlet
+    concentrations [B, n_answers] = 1 + 100 sigmoid(dense), zoobot's bound (alpha >= 1: every pass's Dirichlet
+    is unimodal or flat; <= 101 caps how confident one pass can be), on the same trunk and MC dropout.
     """
     images = keras.Input((input_size, input_size, channels), dtype="uint8", name="image")
     x = build_augmentation(crop_zoom, crop_mode, output_size, augment, seed)(images)
@@ -296,6 +301,11 @@ def build_model(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", kernel_initializer=_init(seed, i), name="dense")(x)
     x = layers.Dropout(dropout_rate, seed=_sub_seed(seed, 6), name="mc_dropout")(x)
+    if concentrations is not None:
+        x = layers.Dense(int(concentrations), activation="sigmoid", dtype="float32",
+                         kernel_initializer=_init(seed, i + 1), name="concentration_sigmoid")(x)
+        alpha = layers.Rescaling(100.0, offset=1.0, dtype="float32", name="concentrations")(x)
+        return keras.Model(images, alpha, name="walmsley2021_tree_dirichlet")
     logits = layers.Dense(2, dtype="float32", kernel_initializer=_init(seed, i + 1), name="logits")(x)
     return keras.Model(images, logits, name="walmsley2020_bcnn")
 

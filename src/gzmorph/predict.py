@@ -1,4 +1,5 @@
-"""``gzmorph predict``: MC-dropout predictions of rho on the test split (Walmsley et al. 2020, §2.3, §2.5.3, §2.7).
+"""``gzmorph predict``: MC-dropout predictions of rho on the test split (Walmsley et al. 2020, §2.3, §2.5.3, §2.7),
+and (``--tree``) the whole-tree model's posterior catalog of any split or of galaxies without votes (below).
 
 For every test galaxy the trained model makes T = ``predict.passes`` forward passes with
 ``training=True``: each pass draws fresh dropout masks (MC dropout, eqs. 7-10) AND a fresh
@@ -9,7 +10,8 @@ baseline of §2.7 and Tables 1-2: T = 1, one stochastic pass.  One more pass wit
 dropout, central crop at the mean zoom, no random augmentation) gives ``rho_point``, the deterministic
 network, a second baseline.
 
-Which galaxies: the shards' ``test`` split, with the training cut N >= max(min_total_votes, 1)
+Which galaxies: the shards' ``test`` split (``--split``: any split, or ``all``), with the training cut
+N >= max(min_total_votes, 1)
 (:func:`gzmorph.inputs.keep_mask`).  Galaxies with fewer votes for the question are NOT
 evaluated: the model was never trained on them (bar: the paper's N >= 10) and, with N = 0,
 there are no votes to compare with.
@@ -147,9 +149,9 @@ def check_model_input(model: keras.Model, resolution: int, model_path: str | Pat
 
 
 def predict(params: dict[str, Any], question: str, shard_dir: str | Path, model_path: str | Path,
-            out_path: str | Path, *, threads: int | None = None, passes: int | None = None,
+            out_path: str | Path, *, split: str = SPLIT, threads: int | None = None, passes: int | None = None,
             chunk_size: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write the test split's MC-dropout predictions to ``out_path``; return a small summary."""
+    """Write a split's (default test; ``all``: train, val, test in turn) MC-dropout predictions to ``out_path``."""
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
@@ -167,16 +169,19 @@ def predict(params: dict[str, Any], question: str, shard_dir: str | Path, model_
     seed_everything(int(params["seed"]), gpu)  # repeatable MC draws for a given model, data and chunk_size
     model = load_model(model_path)
     check_model_input(model, int(manifest["resolution"]), model_path)
-    n_galaxies = require_galaxies(shard_dir, SPLIT, spec)
-    log.info("predicting %s for %d test galaxies, %d MC passes + 1, on %s", question, n_galaxies, passes, device)
+    splits = ["train", "val", "test"] if split == "all" else [split]
+    n_galaxies = sum(require_galaxies(shard_dir, s, spec) for s in splits)
+    log.info("predicting %s for %d %s galaxies, %d MC passes + 1, on %s", question, n_galaxies, split, passes,
+             device)
 
     schema = prediction_schema({
         "question": spec.question, "answer": spec.answer, "passes": passes, "model": str(model_path),
-        "shards": str(shard_dir), "split": SPLIT, "min_total_votes": effective_cut(spec.min_total_votes),
+        "shards": str(shard_dir), "split": split, "min_total_votes": effective_cut(spec.min_total_votes),
         "votes_column": spec.votes_column, "total_column": spec.total_column,
     })
     mc, point = rho_functions(model)
-    data = vote_dataset(shard_dir, SPLIT, spec, chunk_size, with_ids=True, threads=threads)
+    data = (batch for s in splits for batch in vote_dataset(shard_dir, s, spec, chunk_size, with_ids=True,
+                                                              threads=threads))
     written = 0
     with io.atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n_galaxies, unit="galaxy", desc=f"predict {question}", file=sys.stderr,
@@ -212,23 +217,292 @@ def load_predictions(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     return df, values.astype(np.float32, copy=False).reshape(len(table), passes)
 
 
+# ---------------------------------------------------------------------------------------------- whole-tree model
+#
+# ``gzmorph predict --tree``: T MC passes of the whole-tree model over any catalog, written as the posterior
+# catalog of :mod:`gzmorph.tree_catalog`.  Two inputs:
+#
+# * ``--shards DIR --split train|val|test|all`` (``all``: train, val, test in turn), every galaxy of the split
+#   whatever its votes, with ra/dec looked up by id in ``--catalog`` (the survey's catalog parquet);
+# * ``--images TABLE``: galaxies nobody voted on, a parquet or CSV with ``id_str`` and ``file_loc`` (an image
+#   path, as in a gzmorph catalog; relative paths are relative to the working directory) and optionally ``ra``,
+#   ``dec``.  Images are decoded and resized as ``gzmorph shards`` does (:func:`gzmorph.shards.load_image`).
+#
+# Galaxies go ``predict.chunk_size`` at a time.  Each finished chunk is written (atomically) to the chunk folder
+# (``<out>.chunks/``, or ``--chunks``) as a small catalog; a rerun keeps the chunks written for the same model,
+# input and settings and predicts only the rest.  Every chunk's MC draws are reseeded from (seed, chunk index), so
+# a resumed run writes the same numbers as an uninterrupted one.  When all chunks exist they are copied row group
+# by row group into ``--out`` and the folder is removed: memory holds one chunk whatever the catalog size.
+
+CHUNK_META = "chunks.json"
+
+
+def reseed(model: keras.Model, seed: int, chunk: int) -> None:
+    """Set every random layer's generator state from (seed, chunk, layer): a chunk's draws depend on nothing else.
+
+    Keras keeps a layer's generators in the (private) ``_seed_generators`` list; their state is what a
+    traced function reads, so assigning it is enough.
+    """
+    from numpy.random import SeedSequence
+
+    generators = [g for layer in model._flatten_layers() for g in getattr(layer, "_seed_generators", [])]
+    for i, generator in enumerate(generators):
+        state = SeedSequence([int(seed) % 2**32, int(chunk), i]).generate_state(2, "uint32")
+        generator.state.assign(state.astype(generator.state.dtype))
+
+
+def concentration_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Compiled MC pass of a whole-tree model: uint8 batch -> concentrations [B, n_answers] (dropout, augmentation)."""
+    import tensorflow as tf
+
+    spec = [tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)]
+    return tf.function(lambda x: model(x, training=True), input_signature=spec)
+
+
+def read_image_table(path: str | Path) -> pd.DataFrame:
+    """An images-only catalog: id_str, file_loc (required), ra, dec (optional; NaN when absent)."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"id_str": str}) if path.suffix == ".csv" else pd.read_parquet(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such image table") from None
+    except Exception as exc:  # pyarrow and pandas raise several types for a corrupt file
+        raise UserError(f"{path}: not a readable image table ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in ("id_str", "file_loc") if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: image table lacks column(s) {', '.join(missing)} (needs id_str, file_loc)")
+    for c in ("ra", "dec"):
+        if c not in df.columns:
+            df[c] = np.nan
+    df = df[["id_str", "file_loc", "ra", "dec"]].astype({"id_str": str, "file_loc": str, "ra": float, "dec": float})
+    duplicated = df["id_str"].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise UserError(f"{path}: row {row}: column id_str: duplicate id {df['id_str'].iloc[row]!r}")
+    return df.reset_index(drop=True)
+
+
+def decode_images(rows: pd.DataFrame, resolution: int, threads: int, source: str, first_row: int) -> np.ndarray:
+    """uint8 [B, R, R, 3] for a chunk of an image table; an unusable image is a one-line error naming its row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gzmorph.shards import ImageError, load_image
+
+    def one(i: int) -> bytes:
+        try:
+            return load_image(rows["file_loc"].iloc[i], resolution)
+        except ImageError as exc:
+            raise UserError(f"{source}: row {first_row + i}: column file_loc: {rows['file_loc'].iloc[i]}: "
+                            f"{exc}") from None
+
+    with ThreadPoolExecutor(max(1, int(threads))) as pool:  # PIL releases the GIL while decoding
+        pixels = list(pool.map(one, range(len(rows))))
+    return np.frombuffer(b"".join(pixels), np.uint8).reshape(len(rows), resolution, resolution, 3)
+
+
+def _shard_chunks(shard_dir: str | Path, splits: list[str], column: str, chunk_size: int, threads: int | None
+                  ) -> Iterator[tuple[np.ndarray, Callable[[], np.ndarray]]]:
+    """(ids bytes [B], images thunk) per chunk of the splits' galaxies, in shard reading order."""
+    from gzmorph.shards import make_dataset
+
+    for split in splits:
+        ds = make_dataset(shard_dir, split, columns=(column,), batch_size=chunk_size, with_ids=True)
+        for images, _, ids in ds.as_numpy_iterator():
+            yield ids, (lambda images=images: images)
+
+
+def _table_chunks(df: pd.DataFrame, resolution: int, chunk_size: int, threads: int, source: str
+                  ) -> Iterator[tuple[np.ndarray, Callable[[], np.ndarray]]]:
+    """(ids [B], images thunk) per chunk of an image table: a skipped (finished) chunk decodes nothing."""
+    for start in range(0, len(df), chunk_size):
+        rows = df.iloc[start:start + chunk_size]
+        yield rows["id_str"].to_numpy(), (lambda rows=rows, start=start:
+                                          decode_images(rows, resolution, threads, source, start))
+
+
+def _coordinates(ids: np.ndarray, lookup: pd.DataFrame | None, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ra, dec) of ``ids`` from a frame indexed by id_str; NaN without one."""
+    if lookup is None:
+        return np.full(len(ids), np.nan), np.full(len(ids), np.nan)
+    from gzmorph.tree_catalog import id_strings
+
+    keys = id_strings(ids)
+    where = lookup.index.get_indexer(keys)
+    if (where < 0).any():
+        raise UserError(f"{source}: no row for id_str {keys[int(np.flatnonzero(where < 0)[0])]!r} of the shards")
+    return lookup["ra"].to_numpy(np.float64)[where], lookup["dec"].to_numpy(np.float64)[where]
+
+
+def _shard_input(shards: str | Path, split: str, catalog: str | Path | None, chunk_size: int,
+                 threads: int | None) -> tuple:
+    """(tree, resolution, galaxies, split, ra/dec by id or None, chunks, source) of a shards split (or all)."""
+    import pandas as pd
+
+    from gzmorph.shards import read_manifest
+    from gzmorph.tree import get_tree
+
+    manifest = read_manifest(shards)
+    tree = get_tree(manifest["tree"])
+    splits = ["train", "val", "test"] if split == "all" else [split]
+    n_galaxies = sum(int(manifest["splits"][s]["n_galaxies"]) for s in splits)
+    lookup = None
+    if catalog is not None:
+        lookup = pd.read_parquet(catalog, columns=["id_str", "ra", "dec"]).astype({"id_str": str}).set_index("id_str")
+    batches = _shard_chunks(shards, splits, tree.questions[0].total_column, chunk_size, threads)
+    return tree, int(manifest["resolution"]), n_galaxies, split, lookup, batches, f"{shards} ({split})"
+
+
+def _table_input(params: dict[str, Any], images: str | Path, resolution: int, chunk_size: int,
+                 threads: int | None) -> tuple:
+    """The same for an images-only table; images are decoded at the model's input resolution."""
+    from gzmorph.config import active_surveys
+    from gzmorph.tree import get_tree
+
+    table = read_image_table(images)
+    tree = get_tree(active_surveys(params)[params["train"]["survey"]])  # the tree the model learnt
+    batches = _table_chunks(table, resolution, chunk_size, threads or 1, str(images))
+    return tree, resolution, len(table), "images", table.set_index("id_str")[["ra", "dec"]], batches, str(images)
+
+
+def _chunk_folder(folder: Path, identity: dict[str, Any]) -> None:
+    """Keep the chunks of an interrupted run with the same ``identity``; otherwise start an empty folder."""
+    import json
+    import shutil
+
+    from gzmorph import io
+
+    meta = folder / CHUNK_META
+    if meta.exists():
+        try:
+            same = json.loads(meta.read_text()) == identity
+        except ValueError:
+            same = False
+        if same:
+            return
+        log.info("%s: chunks of a different model, input or setting; starting again", folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    io.write_json(meta, identity)
+
+
+def _join_chunks(files: list[Path], out_path: str | Path, schema: pa.Schema) -> int:
+    """Copy the chunk files, one at a time, into ``out_path`` (atomically); the galaxies written."""
+    import pyarrow.parquet as pq
+
+    from gzmorph import io
+
+    written = 0
+    with io.atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for path in files:
+            chunk = pq.read_table(path, schema=schema)
+            writer.write_table(chunk)
+            written += len(chunk)
+    return written
+
+
+def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str | Path, *,
+                 shards: str | Path | None = None, split: str | None = None, catalog: str | Path | None = None,
+                 images: str | Path | None = None, chunks: str | Path | None = None, threads: int | None = None,
+                 passes: int | None = None, chunk_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write the whole-tree posterior catalog of a shards split (``shards``) or an image table (``images``)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from gzmorph import io, tree_catalog
+
+    if (shards is None) == (images is None):
+        raise UserError("predict --tree: give --shards (a split of a survey) or --images (a table of images)")
+    passes = int(params["predict"]["passes"] if passes is None else passes)
+    chunk_size = int(params["predict"]["chunk_size"] if chunk_size is None else chunk_size)
+    if passes < 1 or chunk_size < 1:
+        raise ValueError("passes and chunk_size must be positive")
+    configure_threads(threads)
+    device, gpu = describe_device()
+    seed = int(params["seed"])
+    seed_everything(seed, gpu)
+    model = load_model(model_path)
+    n_answers = int(model.output_shape[-1])
+    if shards is not None:
+        split = str(params["predict"]["catalog_split"] if split is None else split)
+        inputs = _shard_input(shards, split, catalog, chunk_size, threads)
+    else:
+        inputs = _table_input(params, images, int(model.input_shape[1]), chunk_size, threads)
+    tree, resolution, n_galaxies, split, lookup, batches, source = inputs
+    if n_answers != tree.n_answers():
+        raise UserError(f"{model_path}: model gives {n_answers} outputs, the {tree.name} tree has "
+                        f"{tree.n_answers()} answers; is it a `gzmorph train --tree` model of this survey?")
+    check_model_input(model, resolution, model_path)
+    model_file = Path(model_path).stat()
+    identity = {"model": str(model_path), "model_bytes": model_file.st_size, "model_mtime_ns": model_file.st_mtime_ns,
+                "source": source, "passes": passes, "chunk_size": chunk_size, "seed": seed, "tree": tree.name}
+    folder = Path(chunks) if chunks is not None else Path(f"{out_path}.chunks")
+    _chunk_folder(folder, identity)
+    schema = tree_catalog.catalog_schema(tree, {"passes": passes, "model": model_path, "source": source,
+                                                "split": split})
+    mc = concentration_function(model)
+    log.info("posteriors of %d galaxies (%s), %d questions x %d answers, %d MC passes, on %s", n_galaxies,
+             source, len(tree.questions), tree.n_answers(), passes, device)
+    files, done = [], 0
+    with tqdm(total=n_galaxies, unit="galaxy", desc="predict tree", file=sys.stderr, disable=not progress,
+              mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
+        for index, (ids, images_of) in enumerate(batches):
+            path = folder / f"chunk-{index:05d}.parquet"
+            files.append(path)
+            if path.exists():  # finished by an interrupted run with the same identity
+                done += 1
+            else:
+                reseed(model, seed, index)
+                alpha, _, _ = next(chunk_passes(mc, None, [(images_of(),)], passes))
+                ra, dec = _coordinates(ids, lookup, str(catalog or images))
+                with io.atomic_path(path) as tmp:
+                    pq.write_table(tree_catalog.catalog_table(ids, ra, dec, alpha, tree, schema), tmp)
+            bar.update(len(ids))
+    written = _join_chunks(files, out_path, schema)
+    if written != n_galaxies:  # cannot happen unless the input changed under us
+        raise RuntimeError(f"wrote {written} galaxies, expected {n_galaxies}")
+    shutil.rmtree(folder)
+    log.info("%d galaxies x %d passes -> %s (%d chunks kept from an earlier run)", written, passes, out_path, done)
+    return {"n_galaxies": written, "passes": passes, "chunk_size": chunk_size, "device": device,
+            "chunks": len(files), "chunks_resumed": done, "tree": tree.name}
+
+
 def run(args: argparse.Namespace) -> None:
     from gzmorph import config
 
     params = config.load(args.params)
-    predict(params, args.question, args.shards, args.model, args.out, threads=args.threads,
-            progress=not args.no_progress)
+    if args.tree:
+        predict_tree(params, args.model, args.out, shards=args.shards, split=args.split, catalog=args.catalog,
+                     images=args.images, chunks=args.chunks, threads=args.threads, progress=not args.no_progress)
+        return
+    if args.shards is None or args.images is not None or args.catalog is not None or args.chunks is not None:
+        raise UserError("predict --question: give --shards; --images, --catalog and --chunks are for --tree")
+    predict(params, args.question, args.shards, args.model, args.out, split=args.split or SPLIT,
+            threads=args.threads, progress=not args.no_progress)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from gzmorph import config
 
-    p = sub.add_parser("predict", help="MC-dropout predictions of rho for the test split")
+    p = sub.add_parser("predict", help="MC-dropout predictions: rho of one question, or the whole-tree posteriors")
     config.add_params_argument(p)
-    p.add_argument("--question", required=True, help="question under train.questions (e.g. bar)")
-    p.add_argument("--shards", required=True, help="shard directory from `gzmorph shards`")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--question", help="question under train.questions (e.g. bar): its binomial model")
+    which.add_argument("--tree", action="store_true",
+                       help="a `gzmorph train --tree` model: the posterior catalog (results/posteriors/)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--shards", help="shard directory from `gzmorph shards`")
+    data.add_argument("--images", help="--tree only: parquet/CSV of unvoted galaxies: id_str, file_loc[, ra, dec]")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default=None,
+                   help="shards split (default: test for --question, predict.catalog_split for --tree)")
+    p.add_argument("--catalog", default=None, help="--tree with --shards: the survey catalog giving ra, dec by id_str")
+    p.add_argument("--chunks", default=None, help="--tree: folder of finished chunks, for resuming (<out>.chunks)")
     p.add_argument("--model", required=True, help="trained model (.keras) from `gzmorph train`")
-    p.add_argument("--out", required=True, help="output parquet: id_str, votes, total_votes, rho[T], rho_point")
+    p.add_argument("--out", required=True, help="output parquet: id_str, votes, total_votes, rho[T], rho_point "
+                   "(--tree: the posterior catalog, see gzmorph.tree_catalog)")
     config.add_threads_argument(p, "TensorFlow ops and the input pipeline")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from gzmorph.inputs import QuestionSpec
+    from gzmorph.tree import DecisionTree
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,23 @@ def build_question_model(params: dict[str, Any], spec: QuestionSpec, resolution:
         input_size=int(resolution), channels=3, crop_zoom=spec.crop_zoom, crop_mode=spec.crop_mode,
         output_size=int(tp["input_size"]), dropout_rate=float(tp["dropout_rate"]), seed=int(params["seed"]),
         augment=True,
+    )
+
+
+def tree_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """``train.tree``: the whole-tree model's crop (and optional max_epochs)."""
+    return params["train"]["tree"]
+
+
+def build_tree_model(params: dict[str, Any], tree: DecisionTree, resolution: int) -> keras.Model:
+    """The whole-tree model (Walmsley et al. 2021): Fig. 3's trunk, Dirichlet concentrations for every answer."""
+    from gzmorph.model import build_model
+
+    tp, own = params["train"], tree_settings(params)
+    return build_model(
+        input_size=int(resolution), channels=3, crop_zoom=tuple(own["crop_zoom"]), crop_mode=own["crop_mode"],
+        output_size=int(tp["input_size"]), dropout_rate=float(tp["dropout_rate"]), seed=int(params["seed"]),
+        augment=True, concentrations=tree.n_answers(),
     )
 
 
@@ -117,17 +135,21 @@ class FitSettings:
                               f"train.learning_rate {self.learning_rate:g}")
 
 
-def fit_settings(params: dict[str, Any], section: str = "train", question: str | None = None) -> FitSettings:
+def fit_settings(params: dict[str, Any], section: str = "train", question: str | None = None, *,
+                 tree: bool = False) -> FitSettings:
     """:class:`FitSettings` of ``train`` or ``active_learning``.
 
     The peak and final learning rates and the kind of schedule are always ``train``'s; epoch counts
     (``max_epochs, min_epochs, patience, warmup_epochs, plateau_patience``) are the section's own, except
-    that ``train.questions.<question>.max_epochs``, where set, overrides ``train.max_epochs``.
+    that ``train.questions.<question>.max_epochs`` (or, with ``tree``, ``train.tree.max_epochs``), where set,
+    overrides ``train.max_epochs``.
     """
     tp, own = params["train"], params[section]
     max_epochs = own["max_epochs"]
     if section == "train" and question is not None:
         max_epochs = tp["questions"][question].get("max_epochs", max_epochs)
+    if section == "train" and tree:
+        max_epochs = tree_settings(params).get("max_epochs", max_epochs)
     return FitSettings(
         learning_rate=float(tp["learning_rate"]), schedule=str(tp["schedule"]),
         min_learning_rate=float(tp["min_learning_rate"]), max_epochs=int(max_epochs),
@@ -270,6 +292,7 @@ def _steps_of(dataset: tf.data.Dataset) -> int:
 def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings: FitSettings,
         steps_per_epoch: int | None = None, checkpoint: str | Path | None = None,
         history: str | Path | None = None, verbose: int = 0, loss: keras.losses.Loss | None = None) -> FitResult:
+<<<<<<< HEAD
     """Compile ``model`` (fresh Adam with the schedule, ``loss``: binomial by default) and train it; the one loop.
 
     ``train_ds`` yields (uint8 images, float32 (k, N)) batches; a finite dataset is one epoch, an infinite
@@ -278,6 +301,18 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
     saved there, with ``history`` the per-epoch CSV is written there, both atomically and only when the kept
     epoch's val loss is finite (else :class:`TrainingDiverged`, nothing written).  Batches may carry a third
     element, per-galaxy sample weights (``gzmorph finetune`` balances classes so).
+=======
+    """Compile ``model`` (fresh Adam with the schedule, binomial loss) and train it; the one training loop.
+
+    ``loss`` defaults to :class:`gzmorph.losses.BinomialLoss`; the whole-tree model passes
+    :class:`gzmorph.losses.DirichletMultinomialLoss`.
+    ``train_ds`` yields (uint8 images, float32 (k, N)) batches (whole tree: every answer's counts); a finite
+    dataset is one epoch, an infinite (repeated) one needs ``steps_per_epoch``.  ``val_ds`` is Keras
+    ``validation_data``.  On return the model holds the weights of the kept epoch (:func:`kept_epoch`); with
+    ``checkpoint`` (a ``.keras`` path) it is saved there, with ``history`` the per-epoch CSV is written there,
+    both atomically and only when the kept epoch's val loss is finite (else :class:`TrainingDiverged`, nothing
+    written).
+>>>>>>> main
     """
     import keras
     import pandas as pd
@@ -292,7 +327,11 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
                     settings.min_epochs, settings.max_epochs)
     learning_rate, schedule_callbacks = learning_rate_schedule(settings, steps)
     # compile wraps the optimizer in a LossScaleOptimizer under mixed_float16.
+<<<<<<< HEAD
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=BinomialLoss() if loss is None else loss)
+=======
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss if loss is not None else BinomialLoss())
+>>>>>>> main
     stopper = cb.FiniteEarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True,
                                      start_from_epoch=settings.min_epochs)
     with contextlib.ExitStack() as outputs:
@@ -319,7 +358,8 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
 # ---------------------------------------------------------------------------------------------- gzmorph train
 
 
-def loss_figure(history: pd.DataFrame, kept: int, min_epochs: int = 0, title: str = "") -> Figure:
+def loss_figure(history: pd.DataFrame, kept: int, min_epochs: int = 0, title: str = "",
+                ylabel: str = "binomial loss per galaxy (eq. 6, mean)") -> Figure:
     """Training and validation loss per epoch (1-based), the kept epoch marked; learning rate on the right."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -337,7 +377,7 @@ def loss_figure(history: pd.DataFrame, kept: int, min_epochs: int = 0, title: st
             label=f"kept: epoch {epochs[kept]} (val {history['val_loss'].iloc[kept]:.3f})")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("binomial loss per galaxy (eq. 6, mean)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     if "learning_rate" in history:
@@ -366,12 +406,14 @@ class TrainResult:
     replicas: int = 1  # model replicas training in sync (train.distribute); 1 on the one-device path
 
 
-def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_path: str | Path,
+def train(params: dict[str, Any], question: str | None, shard_dir: str | Path, model_path: str | Path,
           history_path: str | Path, figure_path: str | Path | None = None, *, threads: int | None = None,
           progress: bool = True) -> TrainResult:
-    """Train the question's model on the shards' train split, early-stopped on the val split."""
+    """Train the question's model (``question`` None: the whole-tree model of the shards' tree) on the shards'
+    train split, early-stopped on the val split."""
     from gzmorph import io
-    from gzmorph.inputs import question_spec, require_galaxies, vote_dataset
+    from gzmorph.inputs import question_spec, require_galaxies, tree_dataset, tree_spec, vote_dataset
+    from gzmorph.losses import DirichletMultinomialLoss
     from gzmorph.runtime import (
         configure_threads,
         describe_device,
@@ -380,15 +422,27 @@ def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_pa
         seed_everything,
     )
     from gzmorph.shards import read_manifest
+    from gzmorph.tree import get_tree
 
     if Path(model_path).suffix != ".keras":
         raise ConfigError(f"--model {model_path}: must end in .keras (the Keras v3 format)")
     manifest = read_manifest(shard_dir)  # FileNotFoundError with a plain message when missing
-    spec = question_spec(params, question, manifest["tree"])
-    settings = fit_settings(params, "train", question)
+    tree = get_tree(manifest["tree"])
+    if question is None:  # whole tree: the root question's N >= 1 is the cut, counted from its histogram
+        spec = tree_spec(tree, tree_settings(params)["crop_mode"], tree_settings(params)["crop_zoom"])
+        settings = fit_settings(params, "train", tree=True)
+        name = f"the {tree.name} tree"
+    else:
+        spec = question_spec(params, question, manifest["tree"])
+        settings = fit_settings(params, "train", question)
+        name = question
     configure_threads(threads)
     device, gpu = describe_device()
-    log.info("training %s (%s = %s) on %s", question, spec.votes_column, spec.answer, device)
+    if question is None:
+        log.info("training the whole-tree model: %d questions, %d answers, on %s", len(tree.questions),
+                 tree.n_answers(), device)
+    else:
+        log.info("training %s (%s = %s) on %s", question, spec.votes_column, spec.answer, device)
 
     tp = params["train"]
     seed = int(params["seed"])
@@ -407,27 +461,41 @@ def train(params: dict[str, Any], question: str, shard_dir: str | Path, model_pa
     batch_size = int(tp["batch_size"]) * replicas
     n_train = require_galaxies(shard_dir, "train", spec)
     n_val = require_galaxies(shard_dir, "val", spec)
-    train_ds = vote_dataset(shard_dir, "train", spec, batch_size, shuffle=True, seed=seed, threads=threads,
-                            n_galaxies=n_train)
-    val_ds = vote_dataset(shard_dir, "val", spec, batch_size, threads=threads, n_galaxies=n_val)
+    if question is None:
+        train_ds = tree_dataset(shard_dir, "train", tree, batch_size, shuffle=True, seed=seed, threads=threads,
+                                n_galaxies=n_train)
+        val_ds = tree_dataset(shard_dir, "val", tree, batch_size, threads=threads, n_galaxies=n_val)
+    else:
+        train_ds = vote_dataset(shard_dir, "train", spec, batch_size, shuffle=True, seed=seed, threads=threads,
+                                n_galaxies=n_train)
+        val_ds = vote_dataset(shard_dir, "val", spec, batch_size, threads=threads, n_galaxies=n_val)
 
     with scope:  # variables (model, optimizer) are created, and mirrored, under the strategy
         with precision_policy(bool(tp["mixed_precision"]), gpu) as policy:
-            model = build_question_model(params, spec, manifest["resolution"])
+            if question is None:
+                model = build_tree_model(params, tree, manifest["resolution"])
+            else:
+                model = build_question_model(params, spec, manifest["resolution"])
         log.info("dtype policy %s; %d trainable parameters; %s learning rate %g, %d-%d epochs", policy,
                  model.count_params(), settings.schedule, settings.learning_rate, settings.min_epochs,
                  settings.max_epochs)
+        loss = DirichletMultinomialLoss(tree.name) if question is None else None
         try:
             result = fit(model, train_ds, val_ds, settings=settings, checkpoint=model_path,
-                         history=history_path, verbose=_progress_verbosity(progress))
+                         history=history_path, verbose=_progress_verbosity(progress), loss=loss)
         except TrainingDiverged as exc:
-            raise TrainingDiverged(f"training {question}: {exc}; no model saved") from None
+            raise TrainingDiverged(f"training {name}: {exc}; no model saved") from None
     history, kept = result.history, result.kept_epoch
     if figure_path is not None:
-        io.save_figure(loss_figure(history, kept, settings.min_epochs,
-                                   f"{question}: rho({spec.answer}), {n_train} training galaxies"),
-                       figure_path, dpi=120)
-    log.info("%s: %d epochs (%s), kept epoch %d (val_loss %.4f) -> %s", question, len(history),
+        if question is None:
+            figure = loss_figure(history, kept, settings.min_epochs,
+                                 f"{tree.name} tree: {tree.n_answers()} answers, {n_train} training galaxies",
+                                 "Dirichlet-multinomial loss per galaxy (sum over questions, mean)")
+        else:
+            figure = loss_figure(history, kept, settings.min_epochs,
+                                 f"{question}: rho({spec.answer}), {n_train} training galaxies")
+        io.save_figure(figure, figure_path, dpi=120)
+    log.info("%s: %d epochs (%s), kept epoch %d (val_loss %.4f) -> %s", name, len(history),
              "stopped early" if result.stopped_early else "max_epochs reached", kept + 1,
              history["val_loss"].iloc[kept], model_path)
     return TrainResult(history, kept, n_train, n_val, device, policy, replicas)
@@ -456,9 +524,12 @@ def run(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     from gzmorph import config
 
-    p = sub.add_parser("train", help="train one question's Bayesian CNN on vote counts")
+    p = sub.add_parser("train", help="train one question's Bayesian CNN (or the whole-tree model) on vote counts")
     config.add_params_argument(p)
-    p.add_argument("--question", required=True, help="question under train.questions (e.g. bar)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--question", help="question under train.questions (e.g. bar): its binomial model")
+    which.add_argument("--tree", action="store_true",
+                       help="the whole-tree Dirichlet-multinomial model of the shards' decision tree (train.tree)")
     p.add_argument("--shards", required=True, help="shard directory from `gzmorph shards`")
     p.add_argument("--model", required=True,
                    help="output model (.keras): the kept epoch (lowest val loss from train.min_epochs on)")

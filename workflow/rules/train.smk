@@ -29,3 +29,34 @@ rule train:
         "gzmorph train {params.args} --question {wildcards.question} --shards {input.shards}"
         " --model {output.model} --history {output.history} --figure {output.figure}"
         " --threads {threads} > {log} 2>&1"
+
+
+# The whole-tree model (Walmsley et al. 2021): one network, Dirichlet concentrations for every answer of
+# train.survey's decision tree, Dirichlet-multinomial loss summed over questions (train.models: tree).
+rule train_tree:
+    input:
+        shards=f"data/shards/{config['train']['survey']}",
+    output:
+        model=f"data/models/tree/{config['train']['survey']}.keras",
+        history=f"results/training/tree/{config['train']['survey']}/history.csv",
+        figure=f"results/training/tree/{config['train']['survey']}/loss.png",
+    params:
+        settings=P("seed", "train.survey", "train.tree", "train.input_size", "train.batch_size", "train.max_epochs",
+                   "train.min_epochs", "train.patience", "train.learning_rate", "train.schedule",
+                   "train.warmup_epochs", "train.min_learning_rate", "train.plateau_patience", "train.dropout_rate",
+                   "train.mixed_precision", "train.distribute"),
+        args=PARAMS_ARGS,
+    log:
+        "logs/train_tree.log",
+    benchmark:
+        "benchmarks/train_tree.tsv"
+    threads: ALL_CORES
+    resources:
+        mem_mb=6000,
+        gpu=1,
+    conda:
+        "../../environment.yml"
+    shell:
+        "gzmorph train {params.args} --tree --shards {input.shards}"
+        " --model {output.model} --history {output.history} --figure {output.figure}"
+        " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,177 @@
+"""The whole-tree model: Dirichlet head, training through ``train.fit``, the posterior catalog of any input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from _fake_catalog import make_catalog
+from test_train import ROOT, tiny_params
+
+from gzmorph.tree import GZ2
+
+RESOLUTION = 32
+PASSES = 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from gzmorph import train
+    from gzmorph.shards import write_shards
+
+    root = tmp_path_factory.mktemp("tree")
+    df = make_catalog(root, 120, image_size=RESOLUTION, seed=3)
+    catalog = root / "catalog.parquet"
+    df.to_parquet(catalog)
+    shards = root / "shards"
+    write_shards(df, shards, tree=GZ2, resolution=RESOLUTION, shard_size=32,
+                 fractions={"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, threads=1, progress=False)
+    params = tiny_params(root, max_epochs=2, min_epochs=1, warmup_epochs=0)
+    params["predict"]["passes"] = PASSES
+    model = root / "tree.keras"
+    result = train.train(params, None, shards, model, root / "history.csv", root / "loss.png", threads=2,
+                         progress=False)
+    return {"root": root, "df": df, "catalog": catalog, "shards": shards, "params": params, "model": model,
+            "result": result}
+
+
+def _predict(setup, out, **kw):
+    from gzmorph.predict import predict_tree
+
+    kw.setdefault("shards", setup["shards"])
+    return predict_tree(setup["params"], setup["model"], out, progress=False, threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def catalog_run(setup):
+    out = setup["root"] / "posteriors" / "sdss.parquet"
+    summary = _predict(setup, out, split="all", catalog=setup["catalog"], chunk_size=16)
+    return out, summary
+
+
+def test_training_cut_and_history(setup):
+    result = setup["result"]
+    asked = int((setup["df"]["smooth-or-featured_total-votes"] > 0).sum())
+    assert (setup["df"]["smooth-or-featured_total-votes"] == 0).any()  # the cut drops someone
+    assert result.n_train + result.n_val < asked  # the test split is held out, no unvoted galaxy kept
+    assert len(result.history) == 2 and np.isfinite(result.history["val_loss"]).all()
+    assert (setup["root"] / "loss.png").stat().st_size > 0
+
+
+def test_model_gives_bounded_concentrations_for_every_answer(setup):
+    from gzmorph.train import load_model
+
+    model = load_model(setup["model"])
+    images = np.random.default_rng(0).integers(0, 255, (4, RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+    alpha = np.asarray(model(images, training=True))
+    assert alpha.shape == (4, GZ2.n_answers())
+    assert np.all(alpha >= 1.0) and np.all(alpha <= 101.0)
+    a, b = np.asarray(model(images, training=True)), np.asarray(model(images, training=True))
+    assert not np.allclose(a, b)  # MC dropout stays on at prediction
+
+
+def test_catalog_layout_of_the_published_automated_catalog(setup, catalog_run):
+    from gzmorph.tree_catalog import asked_columns, concentration_columns, fraction_columns, load_concentrations
+
+    out, summary = catalog_run
+    table = pq.read_table(out)
+    assert table.column_names == ["id_str", "ra", "dec", *concentration_columns(GZ2), *fraction_columns(GZ2),
+                                  *asked_columns(GZ2)]
+    assert "smooth-or-featured_smooth_concentration" in table.column_names
+    assert "bar_proportion_volunteers_asked" in table.column_names
+    assert len(table) == len(setup["df"]) == summary["n_galaxies"]  # every galaxy, voted on or not
+    assert summary["chunks"] > 1 and not out.with_name(out.name + ".chunks").exists()
+    df = table.to_pandas().set_index("id_str")
+    cat = setup["df"].set_index("id_str").loc[df.index]
+    np.testing.assert_allclose(df["ra"], cat["ra"])
+    np.testing.assert_allclose(df["dec"], cat["dec"])
+
+    ids, alpha = load_concentrations(out, GZ2)
+    assert alpha.shape == (len(table), PASSES, GZ2.n_answers()) and alpha.dtype == np.float32
+    assert list(ids) == table.column("id_str").to_pylist()
+    first = np.stack(table.column("bar_no_concentration").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(alpha[:, :, GZ2.answer_slices["bar"].stop - 1], first)
+    # fractions: mean over passes of alpha / sum over the question's answers
+    s = GZ2.answer_slices["smooth-or-featured"]
+    expected = (alpha[:, :, s] / alpha[:, :, s].sum(-1, keepdims=True)).mean(1)
+    got = df[[f"smooth-or-featured_{a}_fraction" for a in GZ2.question("smooth-or-featured").answer_names]]
+    np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-5)
+    assert (df["smooth-or-featured_proportion_volunteers_asked"] == 1).all()
+    np.testing.assert_allclose(df["disk-edge-on_proportion_volunteers_asked"],
+                               df["smooth-or-featured_featured-or-disk_fraction"], rtol=1e-5)
+
+
+def test_resume_keeps_finished_chunks_and_gives_the_same_catalog(setup, catalog_run, monkeypatch):
+    from gzmorph import tree_catalog
+
+    reference, _ = catalog_run
+    out = setup["root"] / "resumed.parquet"
+    real, calls = tree_catalog.catalog_table, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tree_catalog, "catalog_table", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _predict(setup, out, split="all", catalog=setup["catalog"], chunk_size=16)
+    assert not out.exists() and len(list(out.with_name(out.name + ".chunks").glob("chunk-*.parquet"))) == 2
+    monkeypatch.setattr(tree_catalog, "catalog_table", real)
+    summary = _predict(setup, out, split="all", catalog=setup["catalog"], chunk_size=16)
+    assert summary["chunks_resumed"] == 2
+    assert pq.read_table(out).equals(pq.read_table(reference))
+
+
+def test_images_without_votes_give_the_same_posteriors_as_their_shards(setup, tmp_path):
+    """A table of ids and image paths (no votes): the test split's galaxies in shard order, the same chunks."""
+    from gzmorph.shards import read_columns
+
+    batches = read_columns(setup["shards"], "test", [GZ2.questions[0].total_column])
+    ids = np.concatenate([i for i, _ in batches]).astype(str)
+    rows = setup["df"].set_index("id_str").loc[ids].reset_index()
+    table = tmp_path / "new_survey.csv"
+    rows[["id_str", "file_loc"]].to_csv(table, index=False)  # no coordinates, no votes
+    from_images = tmp_path / "images.parquet"
+    from_shards = tmp_path / "shards.parquet"
+    _predict(setup, from_images, shards=None, images=table, chunk_size=8)
+    _predict(setup, from_shards, split="test", chunk_size=8)
+    a, b = pq.read_table(from_images).to_pandas(), pq.read_table(from_shards).to_pandas()
+    assert a["id_str"].tolist() == list(ids) and a["ra"].isna().all()
+    fractions = [c for c in a.columns if c.endswith("_fraction")]
+    np.testing.assert_allclose(a[fractions].to_numpy(), b[fractions].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_image_table_errors_name_row_and_column(setup, tmp_path, capsys):
+    from gzmorph.cli import main
+
+    table = tmp_path / "bad.csv"
+    pd.DataFrame({"id_str": ["a", "b"], "file_loc": [setup["df"]["file_loc"].iloc[0], str(tmp_path / "gone.png")]}
+                 ).to_csv(table, index=False)
+    base = ["predict", "--params", str(ROOT / "params.yaml"), "--tree", "--model", str(setup["model"]),
+            "--out", str(tmp_path / "p.parquet"), "--threads", "1", "--no-progress"]
+    assert main(base + ["--images", str(table)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "row 1: column file_loc" in err and "not found" in err and "\n" not in err
+    pd.DataFrame({"id_str": ["a"]}).to_csv(table, index=False)
+    assert main(base + ["--images", str(table)]) == 2
+    assert "lacks column(s) file_loc" in capsys.readouterr().err
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_proportion_asked_by_hand():
+    """GZ2: something-odd follows smooth OR featured; bar follows featured -> edge-on no."""
+    from gzmorph.tree_catalog import proportion_asked
+
+    fractions = np.zeros((1, GZ2.n_answers()))
+    s = GZ2.answer_slices
+    fractions[0, s["smooth-or-featured"]] = [0.5, 0.3, 0.2]
+    fractions[0, s["disk-edge-on"]] = [0.25, 0.75]
+    asked = dict(zip(GZ2.question_names, proportion_asked(fractions, GZ2)[0], strict=True))
+    assert asked["smooth-or-featured"] == 1.0
+    assert asked["disk-edge-on"] == pytest.approx(0.3)
+    assert asked["bar"] == pytest.approx(0.3 * 0.75)
+    assert asked["how-rounded"] == pytest.approx(0.5)
+    assert asked["something-odd"] == pytest.approx(0.8)  # 0.5 + 0.3: artifacts end the classification
