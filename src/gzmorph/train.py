@@ -292,16 +292,6 @@ def _steps_of(dataset: tf.data.Dataset) -> int:
 def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings: FitSettings,
         steps_per_epoch: int | None = None, checkpoint: str | Path | None = None,
         history: str | Path | None = None, verbose: int = 0, loss: keras.losses.Loss | None = None) -> FitResult:
-<<<<<<< HEAD
-    """Compile ``model`` (fresh Adam with the schedule, ``loss``: binomial by default) and train it; the one loop.
-
-    ``train_ds`` yields (uint8 images, float32 (k, N)) batches; a finite dataset is one epoch, an infinite
-    (repeated) one needs ``steps_per_epoch``.  ``val_ds`` is Keras ``validation_data``.  On return the model
-    holds the weights of the kept epoch (:func:`kept_epoch`); with ``checkpoint`` (a ``.keras`` path) it is
-    saved there, with ``history`` the per-epoch CSV is written there, both atomically and only when the kept
-    epoch's val loss is finite (else :class:`TrainingDiverged`, nothing written).  Batches may carry a third
-    element, per-galaxy sample weights (``gzmorph finetune`` balances classes so).
-=======
     """Compile ``model`` (fresh Adam with the schedule, binomial loss) and train it; the one training loop.
 
     ``loss`` defaults to :class:`gzmorph.losses.BinomialLoss`; the whole-tree model passes
@@ -311,8 +301,8 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
     ``validation_data``.  On return the model holds the weights of the kept epoch (:func:`kept_epoch`); with
     ``checkpoint`` (a ``.keras`` path) it is saved there, with ``history`` the per-epoch CSV is written there,
     both atomically and only when the kept epoch's val loss is finite (else :class:`TrainingDiverged`, nothing
-    written).
->>>>>>> main
+    written).  Batches may carry a third element, per-galaxy sample weights (``gzmorph finetune`` balances
+    classes so).
     """
     import keras
     import pandas as pd
@@ -327,11 +317,7 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
                     settings.min_epochs, settings.max_epochs)
     learning_rate, schedule_callbacks = learning_rate_schedule(settings, steps)
     # compile wraps the optimizer in a LossScaleOptimizer under mixed_float16.
-<<<<<<< HEAD
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=BinomialLoss() if loss is None else loss)
-=======
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss if loss is not None else BinomialLoss())
->>>>>>> main
     stopper = cb.FiniteEarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True,
                                      start_from_epoch=settings.min_epochs)
     with contextlib.ExitStack() as outputs:
