@@ -21,10 +21,15 @@ def tiny_params(**overrides):
     return params
 
 
-def base_model(seed=0):
+def base_model(seed=0, kind="binomial"):
+    """A tiny trained-model architecture: the per-question binomial model, or the whole-tree Dirichlet one."""
     from gzmorph.model import build_model
 
-    return build_model(input_size=32, crop_zoom=(1.0, 1.0), crop_mode="central", output_size=16, seed=seed)
+    return build_model(input_size=32, crop_zoom=(1.0, 1.0), crop_mode="central", output_size=16, seed=seed,
+                       concentrations=7 if kind == "tree" else None)
+
+
+KINDS = ["binomial", "tree"]
 
 
 def blob_image(bright: bool, rng, size=40):
@@ -127,26 +132,42 @@ def test_stratified_draw_holds_out_each_class():
     assert classes[mask].sum() == 2 and (~classes[mask]).sum() == 6
 
 
-def test_trunk_ends_where_the_head_began():
-    base = base_model()
+@pytest.mark.parametrize("kind", KINDS)
+def test_trunk_ends_where_the_head_began(kind):
+    base = base_model(kind=kind)
     body = finetune.trunk(base)
-    assert body.output_shape == (None, 128)  # the input of the logits layer (after MC dropout)
+    assert body.output_shape == (None, 128)  # the input of the logits / concentration layer (after MC dropout)
     assert [w.name for w in body.weights] == [w.name for w in base.weights[:-2]]  # everything but the head
-    model = finetune.with_new_head(body, "binary", seed=0)
-    assert model.output_shape == (None, 1)
-    x = np.zeros((2, 32, 32, 3), np.uint8)
-    np.testing.assert_array_equal(body(x, training=False), finetune.trunk(base)(x, training=False))
+    assert base.layers[-1 if kind == "binomial" else -2].name in ("logits", "concentration_sigmoid")
+    for head, units in (("binary", 1), ("votes", 2)):
+        model = finetune.with_new_head(body, head, seed=0)
+        assert model.output_shape == (None, units)
+    x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3)).astype(np.uint8)
+    inner = base.get_layer("mc_dropout").output
+    import keras
+
+    np.testing.assert_array_equal(body(x, training=False), keras.Model(base.inputs, inner)(x, training=False))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_saved_model_of_either_kind_reloads_with_its_trunk(tmp_path, kind):
+    base = base_model(kind=kind)
+    base.save(tmp_path / "base.keras")
+    again = finetune.trunk(finetune._load_base(tmp_path / "base.keras"))
+    x = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
+    np.testing.assert_allclose(again(x, training=False), finetune.trunk(base)(x, training=False), rtol=1e-6)
 
 
 def _snapshot(layers):
     return [np.array(w) for layer in layers for w in layer.get_weights()]
 
 
-def test_frozen_trunk_stays_frozen_and_the_head_learns(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_frozen_trunk_stays_frozen_and_the_head_learns(tmp_path, kind):
     path, _ = write_ring_catalog(tmp_path, n=32)
     labels = finetune.read_labels(path)
     images = finetune.load_images(labels, 32)
-    base = base_model()
+    base = base_model(kind=kind)
     before = _snapshot(finetune.weight_layers(finetune.trunk(base)))
     settings = finetune.Settings.of(tiny_params(unfreeze_epochs=0, head_epochs=3))
     trained = finetune.train_labels(base, images, labels, "binary", settings, seed=0)
@@ -156,7 +177,7 @@ def test_frozen_trunk_stays_frozen_and_the_head_learns(tmp_path):
     for b, a in zip(before, after, strict=True):
         np.testing.assert_array_equal(a, b)  # bit-identical
     head = trained.model.get_layer("binary_head").get_weights()[0]
-    fresh = finetune.with_new_head(finetune.trunk(base_model()), "binary", seed=0).get_layer("binary_head")
+    fresh = finetune.with_new_head(finetune.trunk(base_model(kind=kind)), "binary", seed=0).get_layer("binary_head")
     assert not np.array_equal(head, fresh.get_weights()[0])  # same initial head, so training moved it
 
 
