@@ -60,6 +60,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/active_learning.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:
@@ -74,3 +75,13 @@ rule all:
         expand("results/calibration/{question}.csv", question=QUESTIONS if "binomial" in MODELS else []),
         ["results/metrics.json"] if "binomial" in MODELS else [],
         [f"results/posteriors/{TRAIN_SURVEY}.parquet"] if "tree" in MODELS else [],
+        ["results/finetune/ring_metrics.json"] if SOURCE == "simulated" else [],
+        "results/finetune/transfer_metrics.json",
+        ["results/finetune/cross_survey.csv"] if "binomial" in MODELS else [],
+
+
+# Fine-tuned against from scratch over finetune.curve.sizes labels (README "Fine-tuning"); not in the default target.
+rule finetune_curves:
+    input:
+        ["results/finetune/ring_curve.png"] if SOURCE == "simulated" else [],
+        "results/finetune/transfer_curve.png",

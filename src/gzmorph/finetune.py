@@ -607,8 +607,8 @@ def cross_survey_table(observed: dict[str, dict[str, np.ndarray]], predicted: di
     return pd.DataFrame(rows)
 
 
-def cross_survey_stage(params: dict[str, Any], matched_path: str | Path, models: list[str], out_csv: str | Path,
-                       figure: str | Path, *, image_root: str | Path | None = None,
+def cross_survey_stage(params: dict[str, Any], matched_path: str | Path, model_dir: str | Path,
+                       out_csv: str | Path, figure: str | Path, *, image_root: str | Path | None = None,
                        threads: int | None = None) -> pd.DataFrame:
     """Predict the train survey's models on both surveys' images of the cross-matched galaxies, against the votes.
 
@@ -628,8 +628,7 @@ def cross_survey_stage(params: dict[str, Any], matched_path: str | Path, models:
     unseen = assign(matched[f"{left}__id_str"], int(params["seed"]), params["shards"]["split"]) != "train"
     matched = matched[unseen].reset_index(drop=True)
     questions = list(params["train"]["questions"])
-    if len(models) != len(questions):
-        raise UserError(f"--models: {len(models)} given, train.questions has {len(questions)} ({', '.join(questions)})")
+    models = [Path(model_dir) / f"{q}.keras" for q in questions]  # as gzmorph train writes them
     observed, predicted, cuts, images_of = {}, {}, {}, {}
     passes = int(params["finetune"]["passes"])
     for q, path in zip(questions, models, strict=True):
@@ -706,7 +705,7 @@ def run(args: argparse.Namespace) -> None:
         curve_stage(params, args.base, args.labels, _columns(args), args.out, args.figure, args.title,
                     image_root=args.image_root, threads=args.threads)
     else:
-        cross_survey_stage(params, args.matched, args.models, args.out, args.figure, image_root=args.image_root,
+        cross_survey_stage(params, args.matched, args.model_dir, args.out, args.figure, image_root=args.image_root,
                            threads=args.threads)
 
 
@@ -757,6 +756,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("cross-survey", help="train survey's models on the other survey's matched galaxies")
     common(a, labels=False)
     a.add_argument("--matched", required=True, help="cross-match output (matched.parquet)")
-    a.add_argument("--models", nargs="+", required=True, help="one model per train.questions entry, in order")
+    a.add_argument("--model-dir", required=True, help="folder of the train.questions models (<question>.keras)")
     a.add_argument("--out", required=True, help="output CSV: RMSE and offsets per question")
     a.add_argument("--figure", required=True, help="output figure")
