@@ -248,6 +248,19 @@ def test_fine_tune_learns_a_planted_signal(tmp_path, pretrained_base):
     np.testing.assert_allclose(pd.read_parquet(again)["p"], pred["p"], atol=1e-6)
 
 
+def test_curve_pairs_fine_tuned_and_scratch_on_the_same_labels(tmp_path, pretrained_base):
+    path, _ = write_ring_catalog(tmp_path, n=48, seed=2)
+    labels = finetune.read_labels(path)
+    images = finetune.load_images(labels, 32)
+    params = tiny_params(head_epochs=2, unfreeze_epochs=1, min_epochs=0, val_fraction=0.25)
+    frame = finetune.curve(params, finetune._load_base(pretrained_base), images, labels, "binary", [8, 16, 99], [0])
+    assert frame[["n_labels", "method"]].values.tolist() == [[8, "finetuned"], [8, "scratch"], [16, "finetuned"],
+                                                             [16, "scratch"]]  # 99 > the 36 training rows: skipped
+    assert frame["n_labels_positive"].tolist() == [4, 4, 8, 8]  # balanced subsets of the training rows
+    assert (frame["held_out_n"] == 12).all() and (frame["held_out_n_positive"] == 6).all()  # one fixed held-out part
+    assert frame["accuracy"].between(0, 1).all() and (frame["epochs"] <= 3).all()
+
+
 def test_cli_reports_a_bad_catalog_in_one_line(tmp_path, capsys):
     from gzmorph import cli
 

@@ -525,9 +525,9 @@ def curve(params: dict[str, Any], base: keras.Model, images: np.ndarray, labels:
                 trained = train_labels(base, pool_images[pick], subset, head, settings, seed,
                                        scratch_of=base if method == "scratch" else None)
                 scores = evaluate(trained.model, images[test], labels[test], head)
-                rows.append({"n_labels": n, "n_positive": int(positive(subset).sum()), "seed": seed, "method": method,
-                             "epochs": trained.epochs, "seconds": round(trained.seconds, 2),
-                             **{k: v for k, v in scores.items() if k != "confusion"}})
+                held = {f"held_out_{k}" if k.startswith("n") else k: v for k, v in scores.items() if k != "confusion"}
+                rows.append({"n_labels": n, "n_labels_positive": int(positive(subset).sum()), "seed": seed,
+                             "method": method, "epochs": trained.epochs, "seconds": round(trained.seconds, 2), **held})
                 log.info("%s, %d labels, seed %d: accuracy %.3f, AUC %.3f (%d epochs, %.0f s)", method, n, seed,
                          scores["accuracy"], scores["roc_auc"], trained.epochs, trained.seconds)
     return pd.DataFrame(rows)
