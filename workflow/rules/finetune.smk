@@ -1,7 +1,8 @@
 # Fine-tuning on new labels (issue 13): a trained model's trunk, a fresh head. The simulated ring task (expert
 # labels from the truth, simulated data only), the other survey's votes on the train survey's model, and the
-# train survey's models predicting the other survey's cross-matched galaxies. Learning curves (fine-tuned vs from
-# scratch against the number of labels) are not in the default target: snakemake --cores 2 finetune_curves
+# train survey's models predicting the other survey's cross-matched galaxies. The learning curves (fine-tuned vs from
+# scratch against the number of labels) and the transfer fine-tune are not in the default target:
+#   snakemake --cores 2 finetune_curves
 
 FT_BASE = (f"data/models/tree/{TRAIN_SURVEY}.keras" if config["finetune"]["base"] == "tree"
            else f"data/models/{config['finetune']['base_question']}.keras")
