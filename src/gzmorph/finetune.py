@@ -426,7 +426,11 @@ def ring_labels(catalog: pd.DataFrame, survey: dict[str, Any], params: dict[str,
     rows, parts = [], []
     for part, mask, n in (("train", split == "train", int(rp["n_labels"])), ("test", split != "train", None)):
         pos, neg = np.flatnonzero(mask & ring), np.flatnonzero(mask & negative)
-        n = 2 * len(pos) if n is None else min(n, len(pos) + len(neg))
+        # held out: every visible ring and as many ring-free (at least 2 rows, so a tiny sky still evaluates)
+        n = min(max(2 * len(pos), 2) if n is None else n, len(pos) + len(neg))
+        if len(pos) == 0:
+            log.warning("ring labels, %s: no ring reaches visibility %g; ring-free galaxies only", part,
+                        rp["min_visibility"])
         candidates = np.r_[pos, neg]
         chosen = candidates[balanced_subset(np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)], n, rng_seed)]
         rows.append(chosen)
