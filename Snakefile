@@ -60,6 +60,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/active_learning.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:
@@ -75,3 +76,14 @@ rule all:
         ["results/metrics.json"] if "binomial" in MODELS else [],
         [f"results/posteriors/{TRAIN_SURVEY}.parquet"] if "tree" in MODELS else [],
         [f"results/evaluation/tree/{TRAIN_SURVEY}/metrics.json"] if "tree" in MODELS else [],
+        ["results/finetune/ring_metrics.json"] if SOURCE == "simulated" else [],
+        ["results/finetune/cross_survey.csv"] if "binomial" in MODELS else [],
+
+
+# Fine-tuned against from scratch over finetune.curve.sizes labels, and the one survey-to-survey fine-tune
+# (README "Fine-tuning"); not in the default target, which keeps the ring fine-tune and the cross-survey table.
+rule finetune_curves:
+    input:
+        ["results/finetune/ring_curve.png"] if SOURCE == "simulated" else [],
+        "results/finetune/transfer_curve.png",
+        "results/finetune/transfer_metrics.json",

@@ -14,9 +14,9 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def snakemake_outputs() -> dict[str, str]:
-    """output file -> rule, for every job of a forced dry run of the default and active-learning targets."""
+    """output file -> rule, for every job of a forced dry run of the default, active-learning and curve targets."""
     out = subprocess.run(
-        [str(SNAKEMAKE), "all", "active_learning", "-n", "--forceall", "--summary", "--quiet"],
+        [str(SNAKEMAKE), "all", "active_learning", "finetune_curves", "-n", "--forceall", "--summary", "--quiet"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     ).stdout
     rows = [line.split("\t") for line in out.splitlines()]

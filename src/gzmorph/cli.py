@@ -26,6 +26,7 @@ STAGES = {
     "evaluate": "calibration, metrics and figures of one question's posteriors",
     "evaluate-tree": "calibration, RMSE, confusion and galleries of every question of a whole-tree model",
     "metrics": "gather per-question metrics into results/metrics.json",
+    "finetune": "fine-tune a trained model on new labels (rings); survey-to-survey transfer",
     "active-learning": "BALD against random acquisition: simulation runs and their summary",
     "validate": "validate params files and catalogs",
 }

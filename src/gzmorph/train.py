@@ -301,7 +301,8 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
     ``validation_data``.  On return the model holds the weights of the kept epoch (:func:`kept_epoch`); with
     ``checkpoint`` (a ``.keras`` path) it is saved there, with ``history`` the per-epoch CSV is written there,
     both atomically and only when the kept epoch's val loss is finite (else :class:`TrainingDiverged`, nothing
-    written).
+    written).  Batches may carry a third element, per-galaxy sample weights (``gzmorph finetune`` balances
+    classes so).
     """
     import keras
     import pandas as pd
