@@ -84,6 +84,8 @@ def tiny_params(root: Path, **train: object) -> dict:
     if "questions" not in train:  # unless set here, the questions' own epoch counts follow train.max_epochs
         for q in params["train"]["questions"].values():
             q.pop("max_epochs", None)
+    if "tree" not in train:  # and so does the whole-tree model's
+        params["train"]["tree"].pop("max_epochs", None)
     return params
 
 
