@@ -377,30 +377,18 @@ def planted_shards(root, n: int, seed: int = 0):
     brightness; N(bar) = 100 for all.  A model that has seen few dim ones predicts them badly, so the test RMSE
     falls as they are labelled.  (The easy class sits at rho = 0.5 because the binomial mutual information of a
     given spread of rho is largest near 0 and 1: an easy class near 0 would out-score everything.)"""
-    from PIL import Image
-    from test_train import blob_image
+    from test_train import blob_bar_catalog
 
     from gzmorph.shards import write_shards
     from gzmorph.split import assign
     from gzmorph.tree import GZ2
 
     rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
     rare = rng.uniform(size=n) < RARE_FRACTION
     brightness = np.where(rare, rng.uniform(0.0, 0.4, n), 1.0)
     rho = np.where(rare, 0.05 + 0.5 * brightness, 0.5)
     total = np.full(n, 100)  # many votes: k/N close to rho, so the test RMSE shows what the model learned
-    k = rng.binomial(total, rho)
-    ids = [f"{2000000 + i}" for i in range(n)]
-    locs = []
-    for id_str, b in zip(ids, brightness, strict=True):
-        path = root / "images" / f"{id_str}.png"
-        Image.fromarray(blob_image(rng, b)).save(path, compress_level=1)
-        locs.append(str(path))
-    df = pd.DataFrame({"id_str": ids, "ra": 150.5, "dec": 2.0, "survey": "sdss", "tree": GZ2.name, "file_loc": locs})
-    votes = {c: np.zeros(n, np.int64) for c in GZ2.vote_columns}
-    votes["bar_total-votes"], votes["bar_yes"], votes["bar_no"] = total, k, total - k
-    df = pd.concat([df, pd.DataFrame(votes)], axis=1)
+    df = blob_bar_catalog(root, brightness, rho, total, rng, first_id=2000000)
     fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
     write_shards(df, root / "shards", tree=GZ2, resolution=32, shard_size=128, fractions=fractions, seed=seed,
                  threads=1, progress=False)

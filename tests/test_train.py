@@ -39,12 +39,21 @@ def learnable_catalog(root: Path, n: int, seed: int = 0, min_n: int = 0) -> pd.D
     Other questions' votes are zero: only the bar columns are read.
     """
     rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
     brightness = rng.uniform(0, 1, n)
     rho = 0.1 + 0.8 * brightness
-    total = rng.integers(min_n, 41, n)
+    out = blob_bar_catalog(root, brightness, rho, rng.integers(min_n, 41, n), rng, first_id=1000000)
+    out["rho_true"] = rho
+    return out
+
+
+def blob_bar_catalog(root: Path, brightness: np.ndarray, rho: np.ndarray, total: np.ndarray,
+                     rng: np.random.Generator, first_id: int) -> pd.DataFrame:
+    """GZ2 catalog of blob PNGs in ``root/images`` (:func:`blob_image` of each brightness) whose bar votes are
+    k ~ Binomial(total, rho); every other vote column is zero."""
+    n = len(brightness)
+    (root / "images").mkdir(parents=True, exist_ok=True)
     k = rng.binomial(total, rho)
-    ids = [f"{1000000 + i}" for i in range(n)]
+    ids = [f"{first_id + i}" for i in range(n)]
     locs = []
     for id_str, b in zip(ids, brightness, strict=True):
         path = root / "images" / f"{id_str}.png"
@@ -53,9 +62,7 @@ def learnable_catalog(root: Path, n: int, seed: int = 0, min_n: int = 0) -> pd.D
     df = pd.DataFrame({"id_str": ids, "ra": 150.5, "dec": 2.0, "survey": "sdss", "tree": GZ2.name, "file_loc": locs})
     votes = {c: np.zeros(n, np.int64) for c in GZ2.vote_columns}
     votes["bar_total-votes"], votes["bar_yes"], votes["bar_no"] = total, k, total - k
-    out = pd.concat([df, pd.DataFrame(votes)], axis=1)
-    out["rho_true"] = rho
-    return out
+    return pd.concat([df, pd.DataFrame(votes)], axis=1)
 
 
 def learnable_shards(root: Path, n: int = 700, seed: int = 0, fractions: dict | None = None
