@@ -9,6 +9,7 @@ import pytest
 from _fake_catalog import make_catalog
 from test_train import ROOT, tiny_params
 
+from gzmorph import config
 from gzmorph.tree import GZ2
 
 RESOLUTION = 32
@@ -78,12 +79,13 @@ def test_catalog_layout_of_the_published_automated_catalog(setup, catalog_run):
         deterministic_columns,
         fraction_columns,
         load_concentrations,
+        mutual_information_columns,
     )
 
     out, summary = catalog_run
     table = pq.read_table(out)
     assert table.column_names == ["id_str", "ra", "dec", *concentration_columns(GZ2), *fraction_columns(GZ2),
-                                  *asked_columns(GZ2), *deterministic_columns(GZ2)]
+                                  *asked_columns(GZ2), *deterministic_columns(GZ2), *mutual_information_columns(GZ2)]
     assert "smooth-or-featured_smooth_concentration" in table.column_names
     assert "bar_proportion_volunteers_asked" in table.column_names
     assert len(table) == len(setup["df"]) == summary["n_galaxies"]  # every galaxy, voted on or not
@@ -106,6 +108,32 @@ def test_catalog_layout_of_the_published_automated_catalog(setup, catalog_run):
     assert (df["smooth-or-featured_proportion_volunteers_asked"] == 1).all()
     np.testing.assert_allclose(df["disk-edge-on_proportion_volunteers_asked"],
                                df["smooth-or-featured_featured-or-disk_fraction"], rtol=1e-5)
+
+
+def test_catalog_ranks_galaxies_by_tree_bald(catalog_run):
+    """mutual_information is the tree BALD of the catalog's own concentrations at predict.expected_votes,
+    its per-question parts the unweighted MI; the same numbers whichever chunk a galaxy fell in."""
+    from gzmorph.acquisition import dm_mutual_information
+    from gzmorph.tree_catalog import load_concentrations
+
+    out, _ = catalog_run
+    table = pq.read_table(out)
+    n_votes = int(table.schema.metadata[b"expected_votes"])
+    assert n_votes == config.load([ROOT / "params.yaml"])["predict"]["expected_votes"]
+    df = table.to_pandas()
+    _, alpha = load_concentrations(out, GZ2)
+    alpha = alpha.astype(np.float64)
+    total = np.zeros(len(df))
+    for q in GZ2.questions:
+        sl = GZ2.answer_slices[q.name]
+        mi = df[f"{q.name}_mutual_information"].to_numpy()
+        if len(q.answer_names) <= 3:  # exact sums: the same numbers recomputed galaxy by galaxy
+            np.testing.assert_allclose(mi, [dm_mutual_information(a[None, :, sl], n_votes)[0] for a in alpha],
+                                       rtol=1e-4, atol=1e-7)
+        assert np.all(mi > -1e-3)
+        total += df[f"{q.name}_proportion_volunteers_asked"].to_numpy() * mi
+    np.testing.assert_allclose(df["mutual_information"], total, rtol=1e-4, atol=1e-6)
+    assert df["mutual_information"].std() > 0
 
 
 def test_deterministic_concentrations_are_the_network_without_dropout(setup, catalog_run):

@@ -419,6 +419,7 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
     chunk_size = int(params["predict"]["chunk_size"] if chunk_size is None else chunk_size)
     if passes < 1 or chunk_size < 1:
         raise ValueError("passes and chunk_size must be positive")
+    expected_votes = int(params["predict"]["expected_votes"])
     configure_threads(threads)
     device, gpu = describe_device()
     seed = int(params["seed"])
@@ -437,11 +438,12 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
     check_model_input(model, resolution, model_path)
     model_file = Path(model_path).stat()
     identity = {"model": str(model_path), "model_bytes": model_file.st_size, "model_mtime_ns": model_file.st_mtime_ns,
-                "source": source, "passes": passes, "chunk_size": chunk_size, "seed": seed, "tree": tree.name}
+                "source": source, "passes": passes, "chunk_size": chunk_size, "seed": seed, "tree": tree.name,
+                "expected_votes": expected_votes}
     folder = Path(chunks) if chunks is not None else Path(f"{out_path}.chunks")
     _chunk_folder(folder, identity)
     schema = tree_catalog.catalog_schema(tree, {"passes": passes, "model": model_path, "source": source,
-                                                "split": split})
+                                                "split": split, "expected_votes": expected_votes})
     mc, point = pass_functions(model)  # whole-tree model: the concentrations themselves
     log.info("posteriors of %d galaxies (%s), %d questions x %d answers, %d MC passes, on %s", n_galaxies,
              source, len(tree.questions), tree.n_answers(), passes, device)
@@ -458,7 +460,8 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
                 alpha, alpha_point, _ = next(chunk_passes(mc, point, [(images_of(),)], passes))
                 ra, dec = _coordinates(ids, lookup, str(catalog or images))
                 with io.atomic_path(path) as tmp:
-                    pq.write_table(tree_catalog.catalog_table(ids, ra, dec, alpha, alpha_point, tree, schema), tmp)
+                    pq.write_table(tree_catalog.catalog_table(ids, ra, dec, alpha, alpha_point, tree, schema,
+                                                                    expected_votes), tmp)
             bar.update(len(ids))
     written = _join_chunks(files, out_path, schema)
     if written != n_galaxies:  # cannot happen unless the input changed under us

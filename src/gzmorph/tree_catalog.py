@@ -11,14 +11,21 @@ per answer ``<q>_<a>_concentration`` (the Dirichlet concentrations of each MC-dr
     <q>_<a>_fraction                       float32        E[vote fraction] = mean over T of alpha_a / sum_q alpha
     <q>_proportion_volunteers_asked        float32        expected share of volunteers asked q (below)
     <q>_<a>_concentration_deterministic    float32        alpha of the answer without dropout or augmentation
+    <q>_mutual_information                 float32        BALD of q: I[k, w] of N votes for q, in nats (below)
+    mutual_information                     float32        tree BALD: sum over q of proportion asked x the above
 
-with key-value metadata ``tree, passes, model, source, split``.  Answers are in the tree's ``answer_columns``
+with key-value metadata ``tree, passes, model, source, split, expected_votes``.  Answers are in the tree's ``answer_columns``
 order.  The deterministic concentrations are not in the published catalog: gzmorph adds them, as ``rho_point``
 in the per-question predictions, for the deterministic baseline of the evaluation.  The proportion asked is 1
 for a question asked of everyone; a question asked after any of the (question, answer) pairs in
 ``Question.asked_after`` gets the sum over those pairs of asked(parent) x fraction(parent, answer): the chance that a volunteer reaches it, if every volunteer answered like the expected
 vote fractions.  It says how much a question's prediction matters (a bar posterior for a smooth elliptical is
 about a question few would be asked).
+
+The mutual information columns are the acquisition function of active learning for the whole tree (Walmsley
+et al. 2021; :func:`gzmorph.acquisition.tree_mutual_information`): how much N = ``predict.expected_votes``
+volunteers' answers would tell the network, per question and summed over the tree weighted by the proportion
+asked.  Sorting by ``mutual_information`` gives the galaxies to show volunteers next.
 
 :func:`load_concentrations` reads the file back as (ids, alpha [galaxies, T, answers]) for evaluation,
 :func:`load_deterministic` the deterministic concentrations [galaxies, answers].
@@ -44,6 +51,7 @@ CONCENTRATION = "_concentration"
 DETERMINISTIC = "_concentration_deterministic"
 FRACTION = "_fraction"
 ASKED = "_proportion_volunteers_asked"
+MUTUAL_INFORMATION = "mutual_information"
 ID_COLUMNS = ("id_str", "ra", "dec")
 
 
@@ -68,6 +76,11 @@ def deterministic_columns(tree: DecisionTree) -> list[str]:
     return [c + DETERMINISTIC for c in tree.answer_columns]
 
 
+def mutual_information_columns(tree: DecisionTree) -> list[str]:
+    """Per question BALD, then the tree BALD."""
+    return [f"{q.name}_{MUTUAL_INFORMATION}" for q in tree.questions] + [MUTUAL_INFORMATION]
+
+
 def catalog_schema(tree: DecisionTree, metadata: Mapping[str, Any] | None = None) -> pa.Schema:
     import pyarrow as pa
 
@@ -76,15 +89,18 @@ def catalog_schema(tree: DecisionTree, metadata: Mapping[str, Any] | None = None
     fields += [pa.field(c, pa.float32()) for c in fraction_columns(tree)]
     fields += [pa.field(c, pa.float32()) for c in asked_columns(tree)]
     fields += [pa.field(c, pa.float32()) for c in deterministic_columns(tree)]
+    fields += [pa.field(c, pa.float32()) for c in mutual_information_columns(tree)]
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     return pa.schema(fields, metadata={"tree": tree.name, **meta})
 
 
 def catalog_table(ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, alpha: np.ndarray, alpha_point: np.ndarray,
-                  tree: DecisionTree, schema: pa.Schema) -> pa.Table:
+                  tree: DecisionTree, schema: pa.Schema, expected_votes: int) -> pa.Table:
     """One chunk of the catalog: ids [G] (str or bytes), ra/dec [G], concentrations [G, T, A] of the MC passes
-    and [G, A] of the deterministic pass."""
+    and [G, A] of the deterministic pass; ``expected_votes``: N of the mutual information."""
     import pyarrow as pa
+
+    from gzmorph.acquisition import tree_mutual_information
 
     n, passes, n_answers = alpha.shape
     if n_answers != tree.n_answers() or alpha_point.shape != (n, n_answers):
@@ -100,6 +116,9 @@ def catalog_table(ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, alpha: np.nd
     arrays += [pa.array(fractions[:, a].astype(np.float32)) for a in range(n_answers)]
     arrays += [pa.array(asked[:, j].astype(np.float32)) for j in range(asked.shape[1])]
     arrays += [pa.array(np.asarray(alpha_point[:, a], np.float32)) for a in range(n_answers)]
+    bald, per_question = tree_mutual_information(alpha.astype(np.float64), tree, expected_votes, per_question=True)
+    arrays += [pa.array(per_question[:, j].astype(np.float32)) for j in range(per_question.shape[1])]
+    arrays += [pa.array(bald.astype(np.float32))]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
