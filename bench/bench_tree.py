@@ -35,8 +35,8 @@ def rmse_table(params: dict, posteriors: Path, catalog_path: Path, predictions: 
     from gzmorph import catalog
     from gzmorph.catalog import rho_column
     from gzmorph.evaluate import rmse
-    from gzmorph.tree import get_tree
     from gzmorph.posterior import tree_expected_fractions
+    from gzmorph.tree import get_tree
     from gzmorph.tree_catalog import load_concentrations
 
     cat = catalog.load(catalog_path).set_index("id_str")

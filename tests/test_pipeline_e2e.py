@@ -72,7 +72,8 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert list(predictions.columns) == ["id_str", "votes", "total_votes", "rho", "rho_point"]
         assert (predictions["rho"].map(len) == params["predict"]["passes"]).all()
         calibration = pd.read_csv(workdir / f"results/calibration/{question}.csv")
-        assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in ("mc", "t1", "deterministic", "truth")
+        kinds = ("mc", "t1", "deterministic", "truth")
+        assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in kinds
                                                            for w in ("expected", "actual", "coverage_error")]
         learnability = pd.read_csv(workdir / f"results/evaluation/{question}/learnability.csv")
         assert learnability["group"].iloc[0] == "all"
@@ -90,7 +91,8 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert not (workdir / f"results/posteriors/{survey}.parquet.chunks").exists()
         evaluation = workdir / f"results/evaluation/tree/{survey}"
         tree_metrics = json.loads((evaluation / "metrics.json").read_text())
-        assert tree_metrics["split"] == "test" and tree_metrics["n_galaxies"] == manifest["splits"]["test"]["n_galaxies"]
+        assert tree_metrics["split"] == "test"
+        assert tree_metrics["n_galaxies"] == manifest["splits"]["test"]["n_galaxies"]
         assert set(tree_metrics["questions"]) == set(tree.question_names)
         smooth = tree_metrics["questions"]["smooth-or-featured"]
         assert smooth["n_galaxies"] > 0 and 0 < smooth["rmse_vs_vote_fraction"]["mc"] < 0.5

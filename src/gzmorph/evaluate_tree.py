@@ -560,7 +560,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
                    help="evaluate the galaxies of this shards split (default: evaluate_tree.split)")
     p.add_argument("--min-votes", type=int, default=None,
-                   help="galaxies need N >= this for a question's calibration and RMSE (default: evaluate_tree.min_votes)")
+                   help="galaxies need N >= this for a question's calibration and RMSE "
+                        "(default: evaluate_tree.min_votes)")
     p.add_argument("--confusion-min-votes", type=int, default=None,
                    help="N cut for the majority-answer confusion matrix (default: evaluate_tree.confusion_min_votes)")
     p.add_argument("--gallery-size", type=int, default=None,

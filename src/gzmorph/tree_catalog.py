@@ -14,13 +14,14 @@ per answer ``<q>_<a>_concentration`` (the Dirichlet concentrations of each MC-dr
     <q>_mutual_information                 float32        BALD of q: I[k, w] of N votes for q, in nats (below)
     mutual_information                     float32        tree BALD: sum over q of proportion asked x the above
 
-with key-value metadata ``tree, passes, model, source, split, expected_votes``.  Answers are in the tree's ``answer_columns``
-order.  The deterministic concentrations are not in the published catalog: gzmorph adds them, as ``rho_point``
-in the per-question predictions, for the deterministic baseline of the evaluation.  The proportion asked is 1
-for a question asked of everyone; a question asked after any of the (question, answer) pairs in
-``Question.asked_after`` gets the sum over those pairs of asked(parent) x fraction(parent, answer): the chance that a volunteer reaches it, if every volunteer answered like the expected
-vote fractions.  It says how much a question's prediction matters (a bar posterior for a smooth elliptical is
-about a question few would be asked).
+with key-value metadata ``tree, passes, model, source, split, expected_votes``.  Answers are in the tree's
+``answer_columns`` order.  The deterministic concentrations are not in the published catalog: gzmorph adds
+them, as ``rho_point`` in the per-question predictions, for the deterministic baseline of the evaluation.  The
+proportion asked is 1 for a question asked of everyone; a question asked after any of the (question, answer)
+pairs in ``Question.asked_after`` gets the sum over those pairs of asked(parent) x fraction(parent, answer): the
+chance that a volunteer reaches it, if every volunteer answered like the expected vote fractions.  It says how
+much a question's prediction matters (a bar posterior for a smooth elliptical is about a question few would be
+asked).
 
 The mutual information columns are the acquisition function of active learning for the whole tree (Walmsley
 et al. 2021; :func:`gzmorph.acquisition.tree_mutual_information`): how much N = ``predict.expected_votes``
