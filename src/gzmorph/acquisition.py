@@ -383,17 +383,19 @@ def question_votes(tree: DecisionTree, n_votes: int | Mapping[str, int]) -> dict
 
 
 def tree_mutual_information(alpha: np.ndarray, tree: DecisionTree, n_votes: int | Mapping[str, int], *,
-                            per_question: bool = False, **kwargs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                            per_question: bool = False, asked: np.ndarray | None = None,
+                            **kwargs) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Tree BALD: sum over questions of p_asked(q) * I_q[k, w] (:func:`dm_mutual_information`), in nats.
 
     alpha: [G, T, answers of the tree] on ``tree.answer_columns``' axis; n_votes: the volunteers who would
     answer a question if asked (N of each question's DM), one int or per question.  p_asked is the expected
     proportion of volunteers asked (:func:`gzmorph.posterior.proportion_asked` of the mean fractions over
     passes): a question reached by few volunteers can teach the network little.  kwargs go to
-    :func:`dm_mutual_information`.  Returns [G]; with ``per_question`` also the unweighted MI [G, questions].
+    :func:`dm_mutual_information`.  ``asked`` [G, questions]: p_asked already computed by the caller (the
+    posterior catalog has it).  Returns [G]; with ``per_question`` also the unweighted MI [G, questions].
     """
     alpha = validate_concentrations(alpha)
-    weights = proportion_asked(tree_expected_fractions(alpha, tree), tree)
+    weights = proportion_asked(tree_expected_fractions(alpha, tree), tree) if asked is None else asked
     votes = question_votes(tree, n_votes)
     mi = np.column_stack([dm_mutual_information(alpha[:, :, sl], votes[q], **kwargs)
                           for q, sl in tree.answer_slices.items()])

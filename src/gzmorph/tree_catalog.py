@@ -117,7 +117,7 @@ def catalog_table(ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, alpha: np.nd
     arrays += [pa.array(fractions[:, a].astype(np.float32)) for a in range(n_answers)]
     arrays += [pa.array(asked[:, j].astype(np.float32)) for j in range(asked.shape[1])]
     arrays += [pa.array(np.asarray(alpha_point[:, a], np.float32)) for a in range(n_answers)]
-    bald, per_question = tree_mutual_information(alpha.astype(np.float64), tree, expected_votes, per_question=True)
+    bald, per_question = tree_mutual_information(alpha, tree, expected_votes, per_question=True, asked=asked)
     arrays += [pa.array(per_question[:, j].astype(np.float32)) for j in range(per_question.shape[1])]
     arrays += [pa.array(bald.astype(np.float32))]
     return pa.Table.from_arrays(arrays, schema=schema)
