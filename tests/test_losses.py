@@ -211,3 +211,59 @@ def test_dirichlet_multinomial_loss_class_round_trips_and_means():
     expected = float(np.mean(_np(dirichlet_multinomial_nll(counts, alpha, DECALS_DR5))))
     assert float(_np(clone(counts, alpha))) == pytest.approx(expected, rel=1e-6)
     assert clone.tree is DECALS_DR5
+
+
+def test_question_weights_scale_each_question_term():
+    """Weighted tree loss = sum_q w_q * (-log DM_q), computed by hand from the per-question terms."""
+    from gzmorph.losses import (
+        DirichletMultinomialLoss,
+        dirichlet_multinomial_nll,
+        dirichlet_multinomial_nll_per_question,
+    )
+    from gzmorph.tree import GZ2
+
+    counts, alpha = _tree_votes(GZ2, 24, seed=3)
+    per_question = _np(dirichlet_multinomial_nll_per_question(counts, alpha, GZ2)).astype(np.float64)
+    weights = {"bar": 4.0, "smooth-or-featured": 0.5}
+    w = np.array([weights.get(q, 1.0) for q in GZ2.question_names])
+    expected = per_question @ w
+    np.testing.assert_allclose(_np(dirichlet_multinomial_nll(counts, alpha, GZ2, weights)), expected,
+                               rtol=2e-5, atol=1e-3)
+    # the weights change the loss (this is not the plain sum), and survive the Keras config round trip
+    assert not np.allclose(expected, per_question.sum(axis=1), rtol=1e-3)
+    clone = DirichletMultinomialLoss.from_config(DirichletMultinomialLoss("gz2", weights).get_config())
+    assert clone.question_weights == weights
+    assert float(_np(clone(counts, alpha))) == pytest.approx(float(expected.mean()), rel=1e-5)
+
+
+def test_zero_question_weight_passes_no_gradient_for_that_question():
+    from gzmorph.losses import dirichlet_multinomial_nll
+    from gzmorph.tree import GZ2
+
+    counts, alpha = _tree_votes(GZ2, 16, seed=4)
+    alpha_var = tf.Variable(alpha)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(dirichlet_multinomial_nll(counts, alpha_var, GZ2, {"bar": 0.0}))
+    grad = tape.gradient(loss, alpha_var).numpy()
+    bar = GZ2.answer_slices["bar"]
+    assert counts[:, bar].sum() > 0  # bar was asked of some galaxies, yet contributes nothing
+    assert np.all(grad[:, bar] == 0.0)
+    assert np.count_nonzero(grad[:, GZ2.answer_slices["smooth-or-featured"]]) > 0
+
+
+def test_question_weights_reject_unknown_questions_and_negative_weights():
+    from gzmorph.config import ConfigError
+    from gzmorph.losses import DirichletMultinomialLoss
+    from gzmorph.train import tree_question_weights
+    from gzmorph.tree import GZ2
+
+    with pytest.raises(ValueError, match=r"\['spiral'\], not questions of the gz2 tree"):
+        DirichletMultinomialLoss("gz2", {"spiral": 2.0})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        DirichletMultinomialLoss("gz2", {"bar": -1.0})
+    params = {"train": {"tree": {"crop_mode": "central", "crop_zoom": [1.7, 1.9],
+                                 "question_weights": {"bars": 3}}}}
+    with pytest.raises(ConfigError, match=r"train\.tree\.question_weights: question weights name \['bars'\]"):
+        tree_question_weights(params, GZ2)
+    params["train"]["tree"]["question_weights"] = {"bar": 3}
+    assert tree_question_weights(params, GZ2) == {"bar": 3.0}

@@ -25,6 +25,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -163,30 +164,57 @@ def dirichlet_multinomial_nll_per_question(counts, alpha, tree):
     return ops.where(n > 0, -log_dm, ops.zeros_like(log_dm))
 
 
-def dirichlet_multinomial_nll(counts, alpha, tree):
-    """Per-galaxy NLL of the whole tree [B]: -log DM summed over questions (each with its own N)."""
-    return ops.sum(dirichlet_multinomial_nll_per_question(counts, alpha, tree), axis=-1)
+def question_weight_vector(tree, question_weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """Loss weight per question [n_questions] in the tree's order: 1 unless ``question_weights`` names it.
+
+    A weight w multiplies that question's -log DM (a tempered likelihood, w > 1 counts its votes w times):
+    a multi-task weighting for questions whose votes are few and whose gradient is otherwise swamped by the
+    root question's on a shared trunk.
+    """
+    weights = dict(question_weights or {})
+    unknown = sorted(set(weights) - set(tree.question_names))
+    if unknown:
+        raise ValueError(f"question weights name {unknown}, not questions of the {tree.name} tree "
+                         f"(questions: {list(tree.question_names)})")
+    bad = {q: w for q, w in weights.items() if not (float(w) >= 0 and np.isfinite(float(w)))}
+    if bad:
+        raise ValueError(f"question weights must be finite and >= 0, got {bad}")
+    return np.array([float(weights.get(q, 1.0)) for q in tree.question_names], np.float32)
+
+
+def dirichlet_multinomial_nll(counts, alpha, tree, question_weights: Mapping[str, float] | None = None):
+    """Per-galaxy NLL of the whole tree [B]: -log DM summed over questions (each with its own N), each
+    question's term times its weight (:func:`question_weight_vector`; default 1, zoobot's plain sum)."""
+    per_question = dirichlet_multinomial_nll_per_question(counts, alpha, tree)
+    if not question_weights:
+        return ops.sum(per_question, axis=-1)
+    weights = ops.convert_to_tensor(question_weight_vector(tree, question_weights))
+    return ops.sum(per_question * weights, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="gzmorph")
 class DirichletMultinomialLoss(keras.losses.Loss):
     """Keras loss: y_true [B, n_answers] vote counts, y_pred [B, n_answers] concentrations, tree by name.
 
-    Reduction (default "sum_over_batch_size"): the mean over galaxies of the per-galaxy sum over questions.
+    Reduction (default "sum_over_batch_size"): the mean over galaxies of the per-galaxy (weighted) sum over
+    questions.  ``question_weights``: question name -> weight (``train.tree.question_weights``).
     """
 
-    def __init__(self, tree: str = "gz2", name: str = "dirichlet_multinomial_loss",
-                 reduction: str = "sum_over_batch_size", dtype=None):
+    def __init__(self, tree: str = "gz2", question_weights: Mapping[str, float] | None = None,
+                 name: str = "dirichlet_multinomial_loss", reduction: str = "sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         from gzmorph.tree import get_tree
 
         self.tree_name = str(tree)
         self.tree = get_tree(self.tree_name)
+        self.question_weights = {str(q): float(w) for q, w in (question_weights or {}).items()}
+        question_weight_vector(self.tree, self.question_weights)  # fail here, not in the first step
 
     def call(self, y_true, y_pred):
-        return dirichlet_multinomial_nll(y_true, y_pred, self.tree)
+        return dirichlet_multinomial_nll(y_true, y_pred, self.tree, self.question_weights)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config["tree"] = self.tree_name
+        config["question_weights"] = dict(self.question_weights)
         return config

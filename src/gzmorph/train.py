@@ -99,6 +99,18 @@ def tree_settings(params: dict[str, Any]) -> dict[str, Any]:
     return params["train"]["tree"]
 
 
+def tree_question_weights(params: dict[str, Any], tree: DecisionTree) -> dict[str, float]:
+    """``train.tree.question_weights``, checked against the tree: a ConfigError naming the setting if wrong."""
+    from gzmorph.losses import question_weight_vector
+
+    weights = {str(q): float(w) for q, w in (tree_settings(params).get("question_weights") or {}).items()}
+    try:
+        question_weight_vector(tree, weights)
+    except ValueError as exc:
+        raise ConfigError(f"params.yaml train.tree.question_weights: {exc}") from None
+    return weights
+
+
 def build_tree_model(params: dict[str, Any], tree: DecisionTree, resolution: int) -> keras.Model:
     """The whole-tree model (Walmsley et al. 2021): Fig. 3's trunk, Dirichlet concentrations for every answer."""
     from gzmorph.model import build_model
@@ -465,7 +477,8 @@ def train(params: dict[str, Any], question: str | None, shard_dir: str | Path, m
         log.info("dtype policy %s; %d trainable parameters; %s learning rate %g, %d-%d epochs", policy,
                  model.count_params(), settings.schedule, settings.learning_rate, settings.min_epochs,
                  settings.max_epochs)
-        loss = DirichletMultinomialLoss(tree.name) if question is None else None
+        loss = (DirichletMultinomialLoss(tree.name, tree_question_weights(params, tree))
+                if question is None else None)
         try:
             result = fit(model, train_ds, val_ds, settings=settings, checkpoint=model_path,
                          history=history_path, verbose=_progress_verbosity(progress), loss=loss)
