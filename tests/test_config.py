@@ -154,3 +154,13 @@ def test_real_survey_needs_the_settings_of_its_sources(params):
 def test_real_service_url_must_be_a_url(params):
     params["real"]["services"]["zenodo"]["base_url"] = "zenodo.org/"
     assert _error(params).startswith("params.yaml: real.services.zenodo.base_url: 'zenodo.org/' does not match")
+
+
+def test_targets_override_trains_smooth_longer_and_keeps_the_rest(params):
+    merged = config.load([ROOT / "params.yaml", ROOT / "params" / "targets.yaml"])
+    config.validate(merged)
+    smooth = merged["train"]["questions"]["smooth-or-featured"]
+    assert smooth["max_epochs"] == 100
+    default = params["train"]["questions"]["smooth-or-featured"]
+    assert {k: v for k, v in smooth.items() if k != "max_epochs"} == default  # crop and cut merged in
+    assert merged["train"]["questions"]["bar"] == params["train"]["questions"]["bar"]
