@@ -267,3 +267,51 @@ def test_question_weights_reject_unknown_questions_and_negative_weights():
         tree_question_weights(params, GZ2)
     params["train"]["tree"]["question_weights"] = {"bar": 3}
     assert tree_question_weights(params, GZ2) == {"bar": 3.0}
+
+
+def test_multinomial_likelihood_matches_scipy():
+    """train.tree.likelihood multinomial: -log Mult(k | alpha / sum alpha) per question (scipy), zero when unasked,
+    and not the Dirichlet-multinomial of the same alpha."""
+    from scipy.stats import multinomial
+
+    from gzmorph.losses import (
+        DirichletMultinomialLoss,
+        dirichlet_multinomial_nll_per_question,
+        multinomial_nll_per_question,
+    )
+    from gzmorph.tree import GZ2
+
+    counts, alpha = _tree_votes(GZ2, 24, seed=5)
+    per_question = _np(multinomial_nll_per_question(counts, alpha, GZ2))
+    expected = np.zeros_like(per_question, dtype=np.float64)
+    for j, s in enumerate(GZ2.answer_slices.values()):
+        for g in range(len(counts)):
+            k = counts[g, s].astype(np.int64)
+            if k.sum() > 0:
+                p = alpha[g, s].astype(np.float64) / alpha[g, s].sum()
+                expected[g, j] = -multinomial.logpmf(k, k.sum(), p)
+    assert (expected == 0).any() and (expected > 0).any()
+    np.testing.assert_allclose(per_question, expected, rtol=2e-5, atol=2e-4)
+    assert not np.allclose(_np(dirichlet_multinomial_nll_per_question(counts, alpha, GZ2)), expected, atol=0.5)
+    # the class picks the likelihood, keeps it through the Keras config and rejects unknown ones
+    loss = DirichletMultinomialLoss("gz2", likelihood="multinomial")
+    clone = DirichletMultinomialLoss.from_config(loss.get_config())
+    assert float(_np(clone(counts, alpha))) == pytest.approx(float(expected.sum(axis=1).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        DirichletMultinomialLoss("gz2", likelihood="binomial")
+
+
+def test_multinomial_likelihood_unasked_questions_have_no_gradient():
+    from gzmorph.losses import multinomial_nll_per_question
+    from gzmorph.tree import GZ2
+
+    counts, alpha = _tree_votes(GZ2, 16, seed=6)
+    alpha_var = tf.Variable(alpha)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(multinomial_nll_per_question(counts, alpha_var, GZ2))
+    grad = tape.gradient(loss, alpha_var).numpy()
+    asked = np.zeros_like(counts, dtype=bool)
+    for s in GZ2.answer_slices.values():
+        asked[:, s] = counts[:, s].sum(axis=1, keepdims=True) > 0
+    assert np.all(grad[~asked] == 0.0) and np.all(np.isfinite(grad))
+    assert np.count_nonzero(grad[asked]) > 0.9 * asked.sum()

@@ -164,6 +164,27 @@ def dirichlet_multinomial_nll_per_question(counts, alpha, tree):
     return ops.where(n > 0, -log_dm, ops.zeros_like(log_dm))
 
 
+def multinomial_nll_per_question(counts, alpha, tree):
+    """-log Multinomial(k | p, N) per galaxy and question [B, n_questions], p = alpha / (the question's alpha sum).
+
+    The Dirichlet-multinomial's limit of infinite total concentration: only the expected vote fractions are
+    fitted (the spread of rho comes from MC dropout alone, as in the binomial model).  N = 0 gives 0, no gradient.
+    """
+    membership = ops.convert_to_tensor(answer_question_matrix(tree))
+    k = ops.cast(counts, "float32")
+    alpha = ops.cast(alpha, "float32")
+    n = ops.matmul(k, membership)
+    total_alpha = ops.matmul(alpha, membership)  # [B, n_questions]
+    log_p = ops.log(alpha) - ops.log(ops.matmul(total_alpha, ops.transpose(membership)))
+    per_answer = k * log_p - lgamma(k + 1.0)
+    log_mult = lgamma(n + 1.0) + ops.matmul(per_answer, membership)
+    return ops.where(n > 0, -log_mult, ops.zeros_like(log_mult))
+
+
+LIKELIHOODS = {"dirichlet_multinomial": dirichlet_multinomial_nll_per_question,
+               "multinomial": multinomial_nll_per_question}
+
+
 def question_weight_vector(tree, question_weights: Mapping[str, float] | None = None) -> np.ndarray:
     """Loss weight per question [n_questions] in the tree's order: 1 unless ``question_weights`` names it.
 
@@ -182,10 +203,12 @@ def question_weight_vector(tree, question_weights: Mapping[str, float] | None = 
     return np.array([float(weights.get(q, 1.0)) for q in tree.question_names], np.float32)
 
 
-def dirichlet_multinomial_nll(counts, alpha, tree, question_weights: Mapping[str, float] | None = None):
+def dirichlet_multinomial_nll(counts, alpha, tree, question_weights: Mapping[str, float] | None = None,
+                              likelihood: str = "dirichlet_multinomial"):
     """Per-galaxy NLL of the whole tree [B]: -log DM summed over questions (each with its own N), each
-    question's term times its weight (:func:`question_weight_vector`; default 1, zoobot's plain sum)."""
-    per_question = dirichlet_multinomial_nll_per_question(counts, alpha, tree)
+    question's term times its weight (:func:`question_weight_vector`; default 1, zoobot's plain sum).
+    ``likelihood="multinomial"``: -log Multinomial(k | alpha / sum alpha) per question instead."""
+    per_question = LIKELIHOODS[likelihood](counts, alpha, tree)
     if not question_weights:
         return ops.sum(per_question, axis=-1)
     weights = ops.convert_to_tensor(question_weight_vector(tree, question_weights))
@@ -201,20 +224,25 @@ class DirichletMultinomialLoss(keras.losses.Loss):
     """
 
     def __init__(self, tree: str = "gz2", question_weights: Mapping[str, float] | None = None,
+                 likelihood: str = "dirichlet_multinomial",
                  name: str = "dirichlet_multinomial_loss", reduction: str = "sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         from gzmorph.tree import get_tree
 
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {likelihood!r}")
+        self.likelihood = str(likelihood)
         self.tree_name = str(tree)
         self.tree = get_tree(self.tree_name)
         self.question_weights = {str(q): float(w) for q, w in (question_weights or {}).items()}
         question_weight_vector(self.tree, self.question_weights)  # fail here, not in the first step
 
     def call(self, y_true, y_pred):
-        return dirichlet_multinomial_nll(y_true, y_pred, self.tree, self.question_weights)
+        return dirichlet_multinomial_nll(y_true, y_pred, self.tree, self.question_weights, self.likelihood)
 
     def get_config(self) -> dict:
         config = super().get_config()
         config["tree"] = self.tree_name
         config["question_weights"] = dict(self.question_weights)
+        config["likelihood"] = self.likelihood
         return config

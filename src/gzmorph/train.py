@@ -477,7 +477,8 @@ def train(params: dict[str, Any], question: str | None, shard_dir: str | Path, m
         log.info("dtype policy %s; %d trainable parameters; %s learning rate %g, %d-%d epochs", policy,
                  model.count_params(), settings.schedule, settings.learning_rate, settings.min_epochs,
                  settings.max_epochs)
-        loss = (DirichletMultinomialLoss(tree.name, tree_question_weights(params, tree))
+        loss = (DirichletMultinomialLoss(tree.name, tree_question_weights(params, tree),
+                                         str(tree_settings(params).get("likelihood", "dirichlet_multinomial")))
                 if question is None else None)
         try:
             result = fit(model, train_ds, val_ds, settings=settings, checkpoint=model_path,
