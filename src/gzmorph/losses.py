@@ -148,20 +148,31 @@ def answer_question_matrix(tree) -> np.ndarray:
     return matrix
 
 
+def _question_sums(counts, alpha, tree):
+    """membership [n_answers, n_questions], k and alpha as float32 [B, n_answers], and per question the votes N
+    and the concentration sum A [B, n_questions]: what every per-question likelihood starts from."""
+    membership = ops.convert_to_tensor(answer_question_matrix(tree))
+    k = ops.cast(counts, "float32")
+    alpha = ops.cast(alpha, "float32")
+    return membership, k, alpha, ops.matmul(k, membership), ops.matmul(alpha, membership)
+
+
+def _asked_only(n, nll):
+    """nll where the question was asked (N > 0), else exactly 0 with no gradient (``where`` sends the gradient of
+    the unselected branch nowhere)."""
+    return ops.where(n > 0, nll, ops.zeros_like(nll))
+
+
 def dirichlet_multinomial_nll_per_question(counts, alpha, tree):
     """-log DM(k | alpha, N) per galaxy and question [B, n_questions], N = the question's answer sum.
 
     counts, alpha: [B, n_answers] in the tree's ``answer_columns`` order (alpha > 0).  Questions with N = 0
     give exactly 0, and no gradient (``where`` sends the gradient of the unselected branch nowhere).
     """
-    membership = ops.convert_to_tensor(answer_question_matrix(tree))
-    k = ops.cast(counts, "float32")
-    alpha = ops.cast(alpha, "float32")
-    n = ops.matmul(k, membership)
-    total_alpha = ops.matmul(alpha, membership)
+    membership, k, alpha, n, total_alpha = _question_sums(counts, alpha, tree)
     per_answer = lgamma(k + alpha) - lgamma(alpha) - lgamma(k + 1.0)
     log_dm = lgamma(n + 1.0) + lgamma(total_alpha) - lgamma(n + total_alpha) + ops.matmul(per_answer, membership)
-    return ops.where(n > 0, -log_dm, ops.zeros_like(log_dm))
+    return _asked_only(n, -log_dm)
 
 
 def multinomial_nll_per_question(counts, alpha, tree):
@@ -170,15 +181,10 @@ def multinomial_nll_per_question(counts, alpha, tree):
     The Dirichlet-multinomial's limit of infinite total concentration: only the expected vote fractions are
     fitted (the spread of rho comes from MC dropout alone, as in the binomial model).  N = 0 gives 0, no gradient.
     """
-    membership = ops.convert_to_tensor(answer_question_matrix(tree))
-    k = ops.cast(counts, "float32")
-    alpha = ops.cast(alpha, "float32")
-    n = ops.matmul(k, membership)
-    total_alpha = ops.matmul(alpha, membership)  # [B, n_questions]
+    membership, k, alpha, n, total_alpha = _question_sums(counts, alpha, tree)
     log_p = ops.log(alpha) - ops.log(ops.matmul(total_alpha, ops.transpose(membership)))
     per_answer = k * log_p - lgamma(k + 1.0)
-    log_mult = lgamma(n + 1.0) + ops.matmul(per_answer, membership)
-    return ops.where(n > 0, -log_mult, ops.zeros_like(log_mult))
+    return _asked_only(n, -(lgamma(n + 1.0) + ops.matmul(per_answer, membership)))
 
 
 LIKELIHOODS = {"dirichlet_multinomial": dirichlet_multinomial_nll_per_question,
