@@ -184,7 +184,7 @@ def test_dirichlet_multinomial_hand_computed():
     assert np.all(per_question[others] == 0.0)
 
 
-@pytest.mark.parametrize("likelihood", ["dirichlet_multinomial", "multinomial"])
+@pytest.mark.parametrize("likelihood", ["dirichlet_multinomial", "multinomial", "decoupled"])
 def test_unasked_questions_have_no_gradient(likelihood):
     from gzmorph.losses import dirichlet_multinomial_nll
     from gzmorph.tree import GZ2
@@ -302,3 +302,46 @@ def test_multinomial_likelihood_matches_scipy():
     with pytest.raises(ValueError, match="likelihood must be one of"):
         DirichletMultinomialLoss("gz2", likelihood="binomial")
 
+
+
+def test_decoupled_likelihood_value_and_where_its_gradients_go():
+    """train.tree.likelihood decoupled: the value is -log Mult(k | p) - log DM(k | alpha) (scipy); the fractions'
+    logits get exactly the multinomial's gradient and the total concentration exactly the DM's with p held."""
+    from scipy.stats import dirichlet_multinomial, multinomial
+
+    from gzmorph.losses import (
+        decoupled_nll_per_question,
+        dirichlet_multinomial_nll_per_question,
+        multinomial_nll_per_question,
+    )
+    from gzmorph.model import MeanConcentration
+    from gzmorph.tree import GZ2
+
+    counts, alpha = _tree_votes(GZ2, 12, seed=7)
+    per_question = _np(decoupled_nll_per_question(counts, alpha, GZ2))
+    expected = np.zeros_like(per_question, dtype=np.float64)
+    for j, s in enumerate(GZ2.answer_slices.values()):
+        for g in range(len(counts)):
+            k = counts[g, s].astype(np.int64)
+            if k.sum() > 0:
+                a = alpha[g, s].astype(np.float64)
+                expected[g, j] = (-multinomial.logpmf(k, k.sum(), a / a.sum())
+                                  - dirichlet_multinomial.logpmf(k, a, k.sum()))
+    np.testing.assert_allclose(per_question, expected, rtol=2e-5, atol=5e-4)
+
+    # through the mean-concentration head: logits [z (answers), c (questions)]
+    head = MeanConcentration(GZ2.answer_question_index)
+    n_answers = GZ2.n_answers()
+    x = tf.Variable(np.random.default_rng(8).normal(size=(12, n_answers + len(GZ2.questions))).astype("float32"))
+
+    def grad(nll):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(nll(counts, head(x), GZ2))
+        return tape.gradient(loss, x).numpy()
+
+    decoupled, mult, dm = grad(decoupled_nll_per_question), grad(multinomial_nll_per_question), grad(
+        dirichlet_multinomial_nll_per_question)
+    np.testing.assert_allclose(decoupled[:, :n_answers], mult[:, :n_answers], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(decoupled[:, n_answers:], dm[:, n_answers:], rtol=1e-4, atol=1e-5)
+    assert np.abs(mult[:, n_answers:]).max() < 1e-5  # the multinomial ignores the total (up to round-off)
+    assert not np.allclose(dm[:, :n_answers], mult[:, :n_answers], atol=1e-3)  # the full DM pulls p elsewhere

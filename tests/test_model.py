@@ -251,3 +251,76 @@ def test_mixed_precision_keeps_augmentation_and_logits_float32():
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
     assert model.get_layer("conv1_1").compute_dtype == "bfloat16"
     assert model.get_layer("preprocess").compute_dtype == "float32"
+
+
+# ---------------------------------------------------------------- the whole-tree heads
+
+# Two questions: q0 with 2 answers, q1 with 3 (answers in question order, as DecisionTree.answer_question_index).
+ANSWER_QUESTIONS = [0, 0, 1, 1, 1]
+
+
+def test_mean_concentration_head_by_hand():
+    from gzmorph.model import MeanConcentration
+
+    # answer logits z, then concentration logits c (one per question)
+    x = np.array([[np.log(3.0), 0.0, 0.0, np.log(2.0), np.log(5.0), 0.0, 2.0]], "float32")
+    alpha = _np(MeanConcentration(ANSWER_QUESTIONS)(x))[0]
+    sig = 1.0 / (1.0 + np.exp(-2.0))
+    # q0: p = (3/4, 1/4), kappa = 2 (1 + 100 * sigmoid(0)) = 102; q1: p = (1, 2, 5) / 8, kappa = 3 (1 + 100 sig(2))
+    expected = np.concatenate([102.0 * np.array([0.75, 0.25]),
+                               3.0 * (1.0 + 100.0 * sig) * np.array([1.0, 2.0, 5.0]) / 8.0])
+    np.testing.assert_allclose(alpha, expected, rtol=1e-5)
+
+
+def test_mean_concentration_separates_the_mean_from_the_total():
+    """The fractions are the softmax whatever the total concentration; the total spans [n, 101 n] per question.
+    The bounded head (alpha >= 1) cannot give a 2-answer question a fraction of 0.05 with a total below 20."""
+    from gzmorph.model import MeanConcentration
+
+    layer = MeanConcentration(ANSWER_QUESTIONS)
+    z = np.array([np.log(0.05), np.log(0.95), 0.0, 0.0, 0.0], "float32")
+    for c in (-30.0, 0.0, 30.0):  # lowest, middle and highest concentration
+        alpha = _np(layer(np.concatenate([z, [c, c]])[None].astype("float32")))[0]
+        np.testing.assert_allclose(alpha[:2] / alpha[:2].sum(), [0.05, 0.95], rtol=1e-5)
+        np.testing.assert_allclose(alpha[2:] / alpha[2:].sum(), [1 / 3] * 3, rtol=1e-5)
+        assert 2.0 - 1e-4 <= alpha[:2].sum() <= 202.0 + 1e-3 and 3.0 - 1e-4 <= alpha[2:].sum() <= 303.0 + 1e-3
+    low = _np(layer(np.concatenate([z, [-30.0, -30.0]])[None].astype("float32")))[0]
+    np.testing.assert_allclose(low[:2].sum(), 2.0, rtol=1e-5)
+    # zoobot's bound at that total would pin both alphas to 1: a fraction of 1/2, not 0.05
+    assert low[0] / low[:2].sum() < 0.06
+
+
+def test_mean_concentration_is_stable_for_far_apart_questions():
+    """Each question's softmax subtracts its own maximum: a question whose logits sit 500 below another's still
+    gets finite fractions that sum to 1, and gradients stay finite."""
+    from gzmorph.model import MeanConcentration
+
+    layer = MeanConcentration(ANSWER_QUESTIONS)
+    x = tf.constant([[500.0, 499.0, -500.0, -501.0, -502.0, 0.0, 0.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        alpha = layer(x)
+        loss = tf.reduce_sum(tf.math.log(alpha))
+    alpha, grad = alpha.numpy()[0], tape.gradient(loss, x).numpy()
+    assert np.all(np.isfinite(alpha)) and np.all(alpha > 0) and np.all(np.isfinite(grad))
+    p1 = np.exp([0.0, -1.0, -2.0]) / np.exp([0.0, -1.0, -2.0]).sum()
+    np.testing.assert_allclose(alpha[2:] / alpha[2:].sum(), p1, rtol=1e-5)
+
+
+def test_mean_concentration_model_saves_and_loads(tmp_path):
+    from gzmorph.model import MeanConcentration
+
+    model = build_model(SIZE, output_size=OUT, crop_mode="central", seed=2, concentrations=5,
+                        head="mean_concentration", answer_questions=ANSWER_QUESTIONS)
+    assert isinstance(model.get_layer("concentrations"), MeanConcentration)
+    path = tmp_path / "tree.keras"
+    model.save(path)
+    x = _images(3)
+    np.testing.assert_allclose(_np(keras.models.load_model(path)(x)), _np(model(x)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"head": "softmax"}, {"head": "mean_concentration"},
+                                    {"head": "mean_concentration", "answer_questions": [0, 0, 1]}])
+def test_tree_head_errors(kwargs):
+    with pytest.raises(ValueError, match="head"):
+        build_model(SIZE, output_size=OUT, concentrations=5, **kwargs)

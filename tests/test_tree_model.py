@@ -209,3 +209,33 @@ def test_bad_image_table_errors_name_row_and_column(setup, tmp_path, capsys):
     assert main(base + ["--images", str(table)]) == 2
     assert "lacks column(s) file_loc" in capsys.readouterr().err
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_mean_concentration_head_trains_and_predicts_the_catalog(setup, tmp_path):
+    """train.tree.head: mean_concentration through the real train -> catalog path; per question the total
+    concentration lies in [n, 101 n] and the catalog reads fractions from it like the bounded head's."""
+    import copy
+
+    from gzmorph import train
+    from gzmorph.model import MeanConcentration
+    from gzmorph.tree_catalog import load_concentrations
+
+    params = copy.deepcopy(setup["params"])
+    params["train"]["tree"]["head"] = "mean_concentration"
+    params["train"]["max_epochs"], params["train"]["min_epochs"] = 1, 0
+    config.validate(params)
+    model = tmp_path / "tree.keras"
+    result = train.train(params, None, setup["shards"], model, tmp_path / "history.csv", threads=1, progress=False)
+    assert np.isfinite(result.history["val_loss"]).all()
+    assert isinstance(train.load_model(model).get_layer("concentrations"), MeanConcentration)
+
+    from gzmorph.predict import predict_tree
+
+    out = tmp_path / "posteriors.parquet"
+    predict_tree(params, model, out, shards=setup["shards"], split="test", catalog=setup["catalog"],
+                 progress=False, threads=1)
+    _, alpha = load_concentrations(out, GZ2)
+    for q, s in GZ2.answer_slices.items():
+        n = s.stop - s.start
+        total = alpha[:, :, s].sum(-1)
+        assert np.all(total >= n * (1 - 1e-5)) and np.all(total <= 101 * n * (1 + 1e-5)), q

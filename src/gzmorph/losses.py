@@ -187,8 +187,26 @@ def multinomial_nll_per_question(counts, alpha, tree):
     return _asked_only(n, -(lgamma(n + 1.0) + ops.matmul(per_answer, membership)))
 
 
+def decoupled_nll_per_question(counts, alpha, tree):
+    """-log Multinomial(k | p, N) - log DM(k | A sg(p), N) per galaxy and question [B, n_questions]; p = alpha / A,
+    A the question's alpha sum, sg = stop_gradient.
+
+    The value is the two likelihoods' sum, but each fits one thing: the expected fractions p get the multinomial's
+    gradient only (its score is unbiased under the Dirichlet-multinomial too, E[k] = N p), the total concentration
+    A gets the Dirichlet-multinomial's with p held fixed (the over-dispersion of the votes about p).  Under the full
+    DM, a low A flattens the likelihood in p (at A -> 0 it only asks which answers got any vote), so a fresh model
+    that lowers A first learns its fractions slowly, and stays there.  N = 0 gives 0, no gradient.
+    """
+    membership, _, alpha, _, total_alpha = _question_sums(counts, alpha, tree)
+    total = ops.matmul(total_alpha, ops.transpose(membership))  # [B, n_answers]: A of each answer's question
+    held_mean = ops.stop_gradient(alpha / total) * total
+    return (multinomial_nll_per_question(counts, alpha, tree)
+            + dirichlet_multinomial_nll_per_question(counts, held_mean, tree))
+
+
 LIKELIHOODS = {"dirichlet_multinomial": dirichlet_multinomial_nll_per_question,
-               "multinomial": multinomial_nll_per_question}
+               "multinomial": multinomial_nll_per_question,
+               "decoupled": decoupled_nll_per_question}
 
 
 def question_weight_vector(tree, question_weights: Mapping[str, float] | None = None) -> np.ndarray:

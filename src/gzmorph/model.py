@@ -263,6 +263,66 @@ def build_augmentation(
     )
 
 
+
+# The whole-tree heads.  "bounded" is zoobot's: alpha_a = 1 + 100 sigmoid(z_a), each answer on its own.  Its floor
+# alpha >= 1 ties the expected fraction to the total concentration: a question of n answers with A = sum alpha has
+# every expected fraction alpha_a / A in [1 / A, 1 - (n - 1) / A], so where the Dirichlet-multinomial fit lowers A
+# (votes the image cannot predict, as bar's: median A 3.2 on the default sky) the means are squeezed towards 1 / n.
+# "mean_concentration" separates the two: per question the expected fractions are a softmax (the binomial model's
+# head) and the total concentration kappa is its own output, in zoobot's range of A, [n, 101 n].
+HEADS = ("bounded", "mean_concentration")
+MAX_CONCENTRATION_PER_ANSWER = 100.0
+
+
+@keras.saving.register_keras_serializable(package="gzmorph")
+class MeanConcentration(layers.Layer):
+    """[B, n_answers + n_questions] -> Dirichlet concentrations [B, n_answers] (the ``mean_concentration`` head).
+
+    The first n_answers inputs are answer logits z, the last n_questions are concentration logits c.  Per question
+    q with n_q answers: p = softmax(z over q's answers), kappa_q = n_q (1 + 100 sigmoid(c_q)), alpha_a = kappa_q p_a.
+    So alpha / sum(alpha) = p whatever kappa is, and sum(alpha) spans [n_q, 101 n_q] as zoobot's bound does.
+    ``answer_questions``: the question index of every answer (``DecisionTree.answer_question_index``).
+    """
+
+    def __init__(self, answer_questions, **kwargs):
+        super().__init__(**kwargs)
+        import numpy as np
+
+        self.answer_questions = [int(j) for j in answer_questions]
+        index = np.asarray(self.answer_questions)
+        if index.size == 0 or index.min() < 0 or set(index.tolist()) != set(range(index.max() + 1)):
+            raise ValueError(f"answer_questions must index questions 0..Q-1, each at least once; got {index.tolist()}")
+        membership = np.zeros((index.size, index.max() + 1), "float32")
+        membership[np.arange(index.size), index] = 1.0
+        self._membership = membership  # [A, Q] indicator
+
+    @property
+    def n_answers(self) -> int:
+        return self._membership.shape[0]
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        membership = ops.convert_to_tensor(self._membership)  # [A, Q]
+        z, c = x[:, : self.n_answers], x[:, self.n_answers:]
+        # Softmax within each question: subtract the question's own max (a row max could underflow a question
+        # whose logits sit far below another's), exponentiate, divide by the question's sum.
+        masked = z[:, :, None] + (membership[None] - 1.0) * 1e30  # [B, A, Q]: -inf-ish outside the question
+        question_max = ops.max(masked, axis=1)  # [B, Q]
+        e = ops.exp(z - ops.stop_gradient(ops.matmul(question_max, ops.transpose(membership))))
+        p = e / ops.matmul(ops.matmul(e, membership), ops.transpose(membership))
+        n_q = ops.sum(membership, axis=0)  # [Q]
+        kappa = n_q * (1.0 + MAX_CONCENTRATION_PER_ANSWER * ops.sigmoid(c))  # [B, Q]
+        return p * ops.matmul(kappa, ops.transpose(membership))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_answers)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(answer_questions=list(self.answer_questions))
+        return config
+
+
 def _init(seed: int | None, offset: int):
     return keras.initializers.GlorotUniform(seed=_sub_seed(seed, 10 + offset))
 
@@ -277,6 +337,8 @@ def build_model(
     seed: int | None = None,
     augment: bool = True,
     concentrations: int | None = None,
+    head: str = "bounded",
+    answer_questions=None,
 ) -> keras.Model:
     """Fig. 3 CNN: uint8 images [B, input_size, input_size, channels] -> logits [B, 2] (float32).
 
@@ -286,6 +348,8 @@ def build_model(
     ``concentrations`` = n_answers gives the whole-tree head instead (Walmsley et al. 2021): Dirichlet
     concentrations [B, n_answers] = 1 + 100 sigmoid(dense), zoobot's bound (alpha >= 1: every pass's Dirichlet
     is unimodal or flat; <= 101 caps how confident one pass can be), on the same trunk and MC dropout.
+    ``head="mean_concentration"`` (with ``answer_questions``, the question index of each answer) gives instead
+    a softmax of expected fractions per question times a separate total concentration (:class:`MeanConcentration`).
     """
     images = keras.Input((input_size, input_size, channels), dtype="uint8", name="image")
     x = build_augmentation(crop_zoom, crop_mode, output_size, augment, seed)(images)
@@ -301,7 +365,17 @@ def build_model(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", kernel_initializer=_init(seed, i), name="dense")(x)
     x = layers.Dropout(dropout_rate, seed=_sub_seed(seed, 6), name="mc_dropout")(x)
+    if concentrations is not None and head == "mean_concentration":
+        if answer_questions is None or len(answer_questions) != int(concentrations):
+            raise ValueError("head='mean_concentration' needs answer_questions, one question index per answer")
+        n_questions = max(int(j) for j in answer_questions) + 1
+        x = layers.Dense(int(concentrations) + n_questions, dtype="float32", kernel_initializer=_init(seed, i + 1),
+                         name="fraction_and_concentration_logits")(x)
+        alpha = MeanConcentration(answer_questions, dtype="float32", name="concentrations")(x)
+        return keras.Model(images, alpha, name="walmsley2021_tree_dirichlet")
     if concentrations is not None:
+        if head != "bounded":
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         x = layers.Dense(int(concentrations), activation="sigmoid", dtype="float32",
                          kernel_initializer=_init(seed, i + 1), name="concentration_sigmoid")(x)
         alpha = layers.Rescaling(100.0, offset=1.0, dtype="float32", name="concentrations")(x)

@@ -119,7 +119,8 @@ def build_tree_model(params: dict[str, Any], tree: DecisionTree, resolution: int
     return build_model(
         input_size=int(resolution), channels=3, crop_zoom=tuple(own["crop_zoom"]), crop_mode=own["crop_mode"],
         output_size=int(tp["input_size"]), dropout_rate=float(tp["dropout_rate"]), seed=int(params["seed"]),
-        augment=True, concentrations=tree.n_answers(),
+        augment=True, concentrations=tree.n_answers(), head=str(own.get("head", "bounded")),
+        answer_questions=tree.answer_question_index,
     )
 
 

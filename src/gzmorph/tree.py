@@ -109,6 +109,11 @@ class DecisionTree:
             start += len(q.answers)
         return slices
 
+    @cached_property
+    def answer_question_index(self) -> tuple[int, ...]:
+        """Per answer (``answer_columns`` order), the index of its question in ``questions``."""
+        return tuple(j for j, q in enumerate(self.questions) for _ in q.answers)
+
 
 def _q(name: str, answers: list[str] | list[tuple[str, str]], after: list[tuple[str, str]] | None = None) -> Question:
     ans = tuple(Answer(a) if isinstance(a, str) else Answer(a[0], raw=a[1]) for a in answers)
