@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Literal
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 CropMode = Literal["random", "central"]
@@ -263,7 +264,6 @@ def build_augmentation(
     )
 
 
-
 # The whole-tree heads.  "bounded" is zoobot's: alpha_a = 1 + 100 sigmoid(z_a), each answer on its own.  Its floor
 # alpha >= 1 ties the expected fraction to the total concentration: a question of n answers with A = sum alpha has
 # every expected fraction alpha_a / A in [1 / A, 1 - (n - 1) / A], so where the Dirichlet-multinomial fit lowers A
@@ -286,8 +286,6 @@ class MeanConcentration(layers.Layer):
 
     def __init__(self, answer_questions, **kwargs):
         super().__init__(**kwargs)
-        import numpy as np
-
         self.answer_questions = [int(j) for j in answer_questions]
         index = np.asarray(self.answer_questions)
         if index.size == 0 or index.min() < 0 or set(index.tolist()) != set(range(index.max() + 1)):
