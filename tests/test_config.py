@@ -164,3 +164,8 @@ def test_targets_override_trains_smooth_longer_and_keeps_the_rest(params):
     default = params["train"]["questions"]["smooth-or-featured"]
     assert {k: v for k, v in smooth.items() if k != "max_epochs"} == default  # crop and cut merged in
     assert merged["train"]["questions"]["bar"] == params["train"]["questions"]["bar"]
+
+
+def test_tree_trunk_needs_three_block_widths(params):
+    params["train"]["tree"]["trunk_filters"] = [64, 64]
+    assert "train.tree.trunk_filters: [64, 64] is too short" in _error(params)

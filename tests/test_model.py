@@ -70,6 +70,23 @@ def test_param_count_matches_paper_architecture():
     assert model.get_layer("mc_dropout").rate == 0.5
 
 
+def test_a_wider_trunk_has_the_widths_asked_for():
+    # by hand, greyscale input, output 32 -> flatten 4 x 4 x 48: convs (1->8, 8->8, 8->24, 24->24, 24->48, 48->48),
+    # dense 768 -> 20, logits 20 -> 2
+    convs = [(1, 8), (8, 8), (8, 24), (24, 24), (24, 48), (48, 48)]
+    by_hand = sum(9 * a * b + b for a, b in convs) + (4 * 4 * 48 * 20 + 20) + (20 * 2 + 2)
+    model = build_model(SIZE, output_size=OUT, filters=(8, 24, 48), dense_units=20)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == by_hand
+    assert tuple(model.get_layer("conv3_2").output.shape[1:]) == (OUT // 4, OUT // 4, 48)
+    assert model.get_layer("dense").units == 20
+
+
+@pytest.mark.parametrize("kwargs", [{"filters": (32, 32)}, {"filters": (32, 0, 16)}, {"dense_units": 0}])
+def test_trunk_width_errors(kwargs):
+    with pytest.raises(ValueError, match="filters"):
+        build_model(SIZE, output_size=OUT, **kwargs)
+
+
 def test_forward_pass_uint8_to_float32_logits():
     model = build_model(SIZE, output_size=OUT, seed=0)
     logits = model(_images(3), training=False)

@@ -239,3 +239,17 @@ def test_mean_concentration_head_trains_and_predicts_the_catalog(setup, tmp_path
         n = s.stop - s.start
         total = alpha[:, :, s].sum(-1)
         assert np.all(total >= n * (1 - 1e-5)) and np.all(total <= 101 * n * (1 + 1e-5)), q
+
+
+def test_tree_trunk_widths_come_from_train_tree(tmp_path):
+    from gzmorph.train import build_tree_model
+
+    params = tiny_params(tmp_path, max_epochs=1)
+    paper = build_tree_model(params, GZ2, RESOLUTION)
+    assert paper.get_layer("conv3_2").filters == 16 and paper.get_layer("dense").units == 128
+    params["train"]["tree"].update(trunk_filters=[8, 12, 24], dense_units=20)
+    config.validate(params)
+    wide = build_tree_model(params, GZ2, RESOLUTION)
+    assert [wide.get_layer(f"conv{b}_2").filters for b in (1, 2, 3)] == [8, 12, 24]
+    assert wide.get_layer("dense").units == 20
+    assert wide.output.shape[-1] == GZ2.n_answers()

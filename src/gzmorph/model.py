@@ -325,6 +325,10 @@ def _init(seed: int | None, offset: int):
     return keras.initializers.GlorotUniform(seed=_sub_seed(seed, 10 + offset))
 
 
+PAPER_FILTERS = (32, 32, 16)  # Fig. 3: filters of the three blocks of two 3x3 convolutions
+PAPER_DENSE_UNITS = 128
+
+
 def build_model(
     input_size: int,
     channels: int = 3,
@@ -337,6 +341,8 @@ def build_model(
     concentrations: int | None = None,
     head: str = "bounded",
     answer_questions=None,
+    filters: tuple[int, int, int] = PAPER_FILTERS,
+    dense_units: int = PAPER_DENSE_UNITS,
 ) -> keras.Model:
     """Fig. 3 CNN: uint8 images [B, input_size, input_size, channels] -> logits [B, 2] (float32).
 
@@ -348,20 +354,23 @@ def build_model(
     is unimodal or flat; <= 101 caps how confident one pass can be), on the same trunk and MC dropout.
     ``head="mean_concentration"`` (with ``answer_questions``, the question index of each answer) gives instead
     a softmax of expected fractions per question times a separate total concentration (:class:`MeanConcentration`).
+    ``filters`` (per block of two convolutions) and ``dense_units`` widen the trunk; the defaults are Fig. 3's.
     """
+    if len(filters) != 3 or min(int(f) for f in filters) < 1 or int(dense_units) < 1:
+        raise ValueError(f"filters must be three positive widths and dense_units positive, got {filters}, {dense_units}")
     images = keras.Input((input_size, input_size, channels), dtype="uint8", name="image")
     x = build_augmentation(crop_zoom, crop_mode, output_size, augment, seed)(images)
     i = 0
-    for block, filters in enumerate((32, 32, 16), start=1):
+    for block, width in enumerate(filters, start=1):
         for j in (1, 2):
             x = layers.Conv2D(
-                filters, 3, padding="same", activation="relu", kernel_initializer=_init(seed, i),
+                int(width), 3, padding="same", activation="relu", kernel_initializer=_init(seed, i),
                 name=f"conv{block}_{j}",
             )(x)
             i += 1
         x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dense(128, activation="relu", kernel_initializer=_init(seed, i), name="dense")(x)
+    x = layers.Dense(int(dense_units), activation="relu", kernel_initializer=_init(seed, i), name="dense")(x)
     x = layers.Dropout(dropout_rate, seed=_sub_seed(seed, 6), name="mc_dropout")(x)
     if concentrations is not None and head == "mean_concentration":
         if answer_questions is None or len(answer_questions) != int(concentrations):

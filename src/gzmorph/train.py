@@ -112,15 +112,16 @@ def tree_question_weights(params: dict[str, Any], tree: DecisionTree) -> dict[st
 
 
 def build_tree_model(params: dict[str, Any], tree: DecisionTree, resolution: int) -> keras.Model:
-    """The whole-tree model (Walmsley et al. 2021): Fig. 3's trunk, Dirichlet concentrations for every answer."""
-    from gzmorph.model import build_model
+    """The whole-tree model (Walmsley et al. 2021): Fig. 3's trunk (or a wider one), concentrations for every answer."""
+    from gzmorph.model import PAPER_DENSE_UNITS, PAPER_FILTERS, build_model
 
     tp, own = params["train"], tree_settings(params)
     return build_model(
         input_size=int(resolution), channels=3, crop_zoom=tuple(own["crop_zoom"]), crop_mode=own["crop_mode"],
         output_size=int(tp["input_size"]), dropout_rate=float(tp["dropout_rate"]), seed=int(params["seed"]),
         augment=True, concentrations=tree.n_answers(), head=str(own.get("head", "bounded")),
-        answer_questions=tree.answer_question_index,
+        answer_questions=tree.answer_question_index, filters=tuple(own.get("trunk_filters", PAPER_FILTERS)),
+        dense_units=int(own.get("dense_units", PAPER_DENSE_UNITS)),
     )
 
 
