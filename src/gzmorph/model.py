@@ -357,7 +357,7 @@ def build_model(
     ``filters`` (per block of two convolutions) and ``dense_units`` widen the trunk; the defaults are Fig. 3's.
     """
     if len(filters) != 3 or min(int(f) for f in filters) < 1 or int(dense_units) < 1:
-        raise ValueError(f"filters must be three positive widths and dense_units positive, got {filters}, {dense_units}")
+        raise ValueError(f"filters must be three positive widths, dense_units positive: got {filters}, {dense_units}")
     images = keras.Input((input_size, input_size, channels), dtype="uint8", name="image")
     x = build_augmentation(crop_zoom, crop_mode, output_size, augment, seed)(images)
     i = 0
