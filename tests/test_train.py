@@ -80,7 +80,7 @@ def learnable_shards(root: Path, n: int = 700, seed: int = 0, fractions: dict | 
 
 
 def tiny_params(root: Path, **train: object) -> dict:
-    """params.yaml with a small, fast model: input 32 px, few epochs; ``train`` overrides train.* keys."""
+    """params.yaml with a small, fast model (32 px, few epochs, Fig. 3 trunk); ``train`` overrides train.* keys."""
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
                 "train": {"input_size": 32, "batch_size": 32, "max_epochs": 6, "min_epochs": 2, "patience": 3,
                           "warmup_epochs": 1, "learning_rate": 0.003, "dropout_rate": 0.2, **train},
@@ -91,8 +91,9 @@ def tiny_params(root: Path, **train: object) -> dict:
     if "questions" not in train:  # unless set here, the questions' own epoch counts follow train.max_epochs
         for q in params["train"]["questions"].values():
             q.pop("max_epochs", None)
-    if "tree" not in train:  # and so does the whole-tree model's
-        params["train"]["tree"].pop("max_epochs", None)
+    if "tree" not in train:  # and so does the whole-tree model's; its trunk is the paper's small one
+        for key in ("max_epochs", "trunk_filters", "dense_units"):
+            params["train"]["tree"].pop(key, None)
     return params
 
 
@@ -353,3 +354,26 @@ def test_fit_settings_of_each_section():
         FitSettings(learning_rate=1e-3, max_epochs=5, min_learning_rate=1e-2)
     with pytest.raises(config.ConfigError, match="schedule"):
         FitSettings(learning_rate=1e-3, max_epochs=5, schedule="step")
+
+
+def test_a_question_model_trunk_comes_from_its_own_settings(tmp_path):
+    from gzmorph.inputs import question_spec
+    from gzmorph.train import build_question_model
+
+    params = tiny_params(tmp_path)
+    for q in params["train"]["questions"].values():
+        q.pop("trunk_filters", None), q.pop("dense_units", None)
+    bar, smooth = question_spec(params, "bar"), question_spec(params, "smooth-or-featured")
+    paper = build_question_model(params, bar, RESOLUTION)
+    assert [paper.get_layer(f"conv{b}_2").filters for b in (1, 2, 3)] == [32, 32, 16]
+    assert paper.get_layer("dense").units == 128
+    params["train"]["questions"]["bar"].update(trunk_filters=[8, 12, 24], dense_units=20)
+    config.validate(params)
+    wide = build_question_model(params, bar, RESOLUTION)
+    assert [wide.get_layer(f"conv{b}_2").filters for b in (1, 2, 3)] == [8, 12, 24]
+    assert wide.get_layer("dense").units == 20 and wide.output.shape == paper.output.shape
+    other = build_question_model(params, smooth, RESOLUTION)  # another question keeps its own (Fig. 3's)
+    assert other.get_layer("conv3_2").filters == 16 and other.get_layer("dense").units == 128
+    params["train"]["questions"]["bar"]["trunk_filters"] = [8, 12]
+    with pytest.raises(config.ConfigError, match="trunk_filters"):
+        config.validate(params)

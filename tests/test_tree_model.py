@@ -244,9 +244,14 @@ def test_mean_concentration_head_trains_and_predicts_the_catalog(setup, tmp_path
 def test_tree_trunk_widths_come_from_train_tree(tmp_path):
     from gzmorph.train import build_tree_model
 
-    params = tiny_params(tmp_path, max_epochs=1)
+    params = tiny_params(tmp_path, max_epochs=1)  # without trunk_filters / dense_units: Fig. 3's trunk
     paper = build_tree_model(params, GZ2, RESOLUTION)
     assert paper.get_layer("conv3_2").filters == 16 and paper.get_layer("dense").units == 128
+    shipped = config.load(ROOT / "params.yaml")["train"]["tree"]
+    params["train"]["tree"].update(trunk_filters=shipped["trunk_filters"], dense_units=shipped["dense_units"])
+    default = build_tree_model(params, GZ2, RESOLUTION)
+    assert [default.get_layer(f"conv{b}_2").filters for b in (1, 2, 3)] == shipped["trunk_filters"]
+    assert default.get_layer("dense").units == shipped["dense_units"]
     params["train"]["tree"].update(trunk_filters=[8, 12, 24], dense_units=20)
     config.validate(params)
     wide = build_tree_model(params, GZ2, RESOLUTION)

@@ -82,15 +82,24 @@ class TrainingDiverged(RuntimeError):
     """The validation loss at the kept epoch is not finite: no usable model."""
 
 
+def trunk_widths(own: dict[str, Any]) -> dict[str, Any]:
+    """``filters`` and ``dense_units`` of :func:`gzmorph.model.build_model` from a model's own settings
+    (``trunk_filters``, ``dense_units`` of ``train.questions.<q>`` or ``train.tree``; default Fig. 3's)."""
+    from gzmorph.model import PAPER_DENSE_UNITS, PAPER_FILTERS
+
+    return {"filters": tuple(int(f) for f in own.get("trunk_filters", PAPER_FILTERS)),
+            "dense_units": int(own.get("dense_units", PAPER_DENSE_UNITS))}
+
+
 def build_question_model(params: dict[str, Any], spec: QuestionSpec, resolution: int) -> keras.Model:
-    """Fig. 3 CNN for this question: shard images (resolution px) -> crop/resize to train.input_size."""
+    """Fig. 3 CNN (or a wider trunk) for this question: shard images (resolution px) -> crop/resize to input_size."""
     from gzmorph.model import build_model
 
     tp = params["train"]
     return build_model(
         input_size=int(resolution), channels=3, crop_zoom=spec.crop_zoom, crop_mode=spec.crop_mode,
         output_size=int(tp["input_size"]), dropout_rate=float(tp["dropout_rate"]), seed=int(params["seed"]),
-        augment=True,
+        augment=True, **trunk_widths(tp["questions"].get(spec.question, {})),
     )
 
 
@@ -113,15 +122,14 @@ def tree_question_weights(params: dict[str, Any], tree: DecisionTree) -> dict[st
 
 def build_tree_model(params: dict[str, Any], tree: DecisionTree, resolution: int) -> keras.Model:
     """The whole-tree model (Walmsley et al. 2021): Fig. 3's trunk (or a wider one), concentrations for every answer."""
-    from gzmorph.model import PAPER_DENSE_UNITS, PAPER_FILTERS, build_model
+    from gzmorph.model import build_model
 
     tp, own = params["train"], tree_settings(params)
     return build_model(
         input_size=int(resolution), channels=3, crop_zoom=tuple(own["crop_zoom"]), crop_mode=own["crop_mode"],
         output_size=int(tp["input_size"]), dropout_rate=float(tp["dropout_rate"]), seed=int(params["seed"]),
         augment=True, concentrations=tree.n_answers(), head=str(own.get("head", "bounded")),
-        answer_questions=tree.answer_question_index, filters=tuple(own.get("trunk_filters", PAPER_FILTERS)),
-        dense_units=int(own.get("dense_units", PAPER_DENSE_UNITS)),
+        answer_questions=tree.answer_question_index, **trunk_widths(own),
     )
 
 
