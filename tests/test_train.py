@@ -361,8 +361,9 @@ def test_a_question_model_trunk_comes_from_its_own_settings(tmp_path):
     from gzmorph.train import build_question_model
 
     params = tiny_params(tmp_path)
-    for q in params["train"]["questions"].values():
-        q.pop("trunk_filters", None), q.pop("dense_units", None)
+    for q in params["train"]["questions"].values():  # whatever params.yaml ships, start from Fig. 3's trunk
+        for key in ("trunk_filters", "dense_units"):
+            q.pop(key, None)
     bar, smooth = question_spec(params, "bar"), question_spec(params, "smooth-or-featured")
     paper = build_question_model(params, bar, RESOLUTION)
     assert [paper.get_layer(f"conv{b}_2").filters for b in (1, 2, 3)] == [32, 32, 16]
