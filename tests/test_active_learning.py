@@ -151,7 +151,7 @@ def tiny(tmp_path_factory):
     shards, df = learnable_shards(root, n=300, seed=2)
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
                 "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.2},
-                "active_learning": {"passes": 2, "max_epochs": 1, "min_epochs": 0, "warm_start": False,
+                "active_learning": {"augmentations": 1, "dropout_masks": 2, "max_epochs": 1, "min_epochs": 0, "warm_start": False,
                                     "patience": 1, "warmup_epochs": 0, "min_steps_per_epoch": 2,
                                     "batch_size": 16, "questions": {QUESTION: {
                                         "initial": INITIAL, "per_iteration": PER_ITERATION,
@@ -363,17 +363,17 @@ def test_mc_rho_runs_predicts_passes(monkeypatch):
     draws = iter(range(1000))
     seen = []
 
-    def fake_pass(x):  # an MC pass: a new value per call, for every galaxy of the chunk x
+    def fake_pass(x):  # one augmented pass, one dropout mask: a new value per call for every galaxy of the chunk x
         seen.append(len(x))
-        return tf.fill([len(x)], next(draws) / 1000)
+        return tf.fill([len(x), 1], next(draws) / 1000)
 
-    monkeypatch.setattr(predict, "rho_functions", lambda model: (fake_pass, None))
-    rho = al.mc_rho(object(), np.zeros((10, 2, 2, 3), np.uint8), 3, chunk=4)
+    monkeypatch.setattr(predict, "rho_functions", lambda model, dropout_masks: (fake_pass, None))
+    rho = al.mc_rho(object(), np.zeros((10, 2, 2, 3), np.uint8), predict.MCSampling(3, 1), chunk=4)
     assert rho.shape == (10, 3) and rho.dtype == np.float64
     assert seen == [4] * 3 + [4] * 3 + [2] * 3  # all T passes of a chunk, then the next chunk
     np.testing.assert_allclose(rho[0], [0, 0.001, 0.002], atol=1e-7)
     np.testing.assert_allclose(rho[-1], [0.006, 0.007, 0.008], atol=1e-7)
-    assert al.mc_rho(object(), np.zeros((0, 2, 2, 3), np.uint8), 3).shape == (0, 3)
+    assert al.mc_rho(object(), np.zeros((0, 2, 2, 3), np.uint8), predict.MCSampling(3, 1)).shape == (0, 3)
 
 
 def test_pool_index_holds_no_images_and_streams_filter_by_id(tiny):
@@ -407,13 +407,13 @@ def test_stream_rho_keeps_ids_with_their_passes(monkeypatch):
 
     from gzmorph import predict
 
-    monkeypatch.setattr(predict, "rho_functions", lambda model: (lambda x: tf.reduce_mean(
-        tf.cast(x, tf.float32), axis=[1, 2, 3]) / 255, None))
+    monkeypatch.setattr(predict, "rho_functions", lambda model, dropout_masks: (lambda x: tf.reduce_mean(
+        tf.cast(x, tf.float32), axis=[1, 2, 3])[:, None] / 255, None))
     split = al.Split(np.array(["a", "b", "c"]), np.ones(3, np.float32), np.full(3, 2, np.float32))
     images = np.stack([np.full((2, 2, 3), v, np.uint8) for v in (51, 102, 255)])
     batches = [(images[[2, 0]], np.ones((2, 2), np.float32), np.array([b"c", b"a"])),
                (images[[1]], np.ones((1, 2), np.float32), np.array([b"b"]))]
-    pos, rho = al.split_rho(object(), batches, 2, split)
+    pos, rho = al.split_rho(object(), batches, predict.MCSampling(2, 1), split)
     np.testing.assert_array_equal(pos, [0, 1, 2])
     np.testing.assert_allclose(rho, [[0.2, 0.2], [0.4, 0.4], [1.0, 1.0]], rtol=1e-6)
 
@@ -469,7 +469,7 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     shards, df = planted_shards(root, n=600)
     override = {"seed": 0, "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.3},
-                "active_learning": {"passes": 8, "max_epochs": 8, "min_epochs": 3, "warm_start": True,
+                "active_learning": {"augmentations": 4, "dropout_masks": 2, "max_epochs": 8, "min_epochs": 3, "warm_start": True,
                                     "patience": 2, "warmup_epochs": 1, "min_steps_per_epoch": 4, "batch_size": 16,
                                     "questions": {QUESTION: {"initial": 16, "per_iteration": 8, "iterations": 2}}}}
     path = root / "override.yaml"

@@ -156,18 +156,6 @@ def test_real_service_url_must_be_a_url(params):
     assert _error(params).startswith("params.yaml: real.services.zenodo.base_url: 'zenodo.org/' does not match")
 
 
-def test_targets_override_widens_both_trunks_trains_smooth_longer_and_keeps_the_rest(params):
-    merged = config.load([ROOT / "params.yaml", ROOT / "params" / "targets.yaml"])
-    config.validate(merged)
-    wide = {"trunk_filters": [32, 64, 64], "dense_units": 256}
-    for question, extra in (("smooth-or-featured", {"max_epochs": 100}), ("bar", {})):
-        default = params["train"]["questions"][question]
-        assert merged["train"]["questions"][question] == default | wide | extra  # crop, cut, bar's epochs kept
-    assert {k: v for k, v in merged.items() if k != "train"} == {k: v for k, v in params.items() if k != "train"}
-    assert {k: v for k, v in merged["train"].items() if k != "questions"} == {
-        k: v for k, v in params["train"].items() if k != "questions"}
-
-
 def test_tree_trunk_needs_three_block_widths(params):
     params["train"]["tree"]["trunk_filters"] = [64, 64]
     assert "train.tree.trunk_filters: [64, 64] is too short" in _error(params)

@@ -70,7 +70,8 @@ def check_outputs(workdir: Path, params: dict) -> None:
         assert len(history) >= 1 and {"loss", "val_loss"} <= set(history.columns)
         predictions = pd.read_parquet(workdir / f"results/predictions/{question}.parquet")
         assert list(predictions.columns) == ["id_str", "votes", "total_votes", "rho", "rho_point"]
-        assert (predictions["rho"].map(len) == params["predict"]["passes"]).all()
+        passes = params["predict"]["augmentations"] * params["predict"]["dropout_masks"]
+        assert (predictions["rho"].map(len) == passes).all()
         calibration = pd.read_csv(workdir / f"results/calibration/{question}.csv")
         kinds = ("mc", "t1", "deterministic", "truth")
         assert list(calibration.columns) == ["epsilon"] + [f"{w}_{kind}" for kind in kinds
@@ -87,7 +88,8 @@ def check_outputs(workdir: Path, params: dict) -> None:
         ids, alpha = load_concentrations(workdir / f"results/posteriors/{survey}.parquet", tree)
         manifest = json.loads((workdir / f"data/shards/{survey}/manifest.json").read_text())
         assert len(ids) == manifest["n_galaxies"] and len(set(ids)) == len(ids)
-        assert alpha.shape[1:] == (params["predict"]["passes"], tree.n_answers()) and (alpha >= 1).all()
+        passes = params["predict"]["augmentations"] * params["predict"]["dropout_masks"]
+        assert alpha.shape[1:] == (passes, tree.n_answers()) and (alpha >= 1).all()
         assert not (workdir / f"results/posteriors/{survey}.parquet.chunks").exists()
         evaluation = workdir / f"results/evaluation/tree/{survey}"
         tree_metrics = json.loads((evaluation / "metrics.json").read_text())
@@ -195,7 +197,7 @@ def test_dvc_repro_reruns_only_dependents_and_push_pull_restores(tmp_path):
     bar_al = {r for r in al_runs if r.startswith("active_learning_run@bar-")}  # none unless AL simulates bar
     assert but_finetune(stages_run(run([dvc, "repro"], work)), {"finetune_cross_survey"}) == {
         "train@bar", "predict@bar", "evaluate@bar", "metrics"} | bar_al | ({"active_learning"} if bar_al else set())
-    set_param(work / "params.yaml", "predict.passes", 2)
+    set_param(work / "params.yaml", "predict.augmentations", 1)
     assert but_finetune(stages_run(run([dvc, "repro"], work)), set()) == {
         f"{s}@{q}" for s in ("predict", "evaluate") for q in questions} | {"metrics", "predict_tree", "evaluate_tree"}
     shown = run_json([dvc, "metrics", "show", "--json"], work)

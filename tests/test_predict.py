@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_train import QUESTION, ROOT, learnable_shards, tiny_params
 
-PASSES = 5
+PASSES = 6  # tiny_params: 3 augmentations x 2 dropout masks
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def _predict(setup, name: str, **kw):
 
 @pytest.fixture(scope="module")
 def default_run(setup):
-    return _predict(setup, "default", chunk_size=16)  # passes 5 from tiny_params; 63 galaxies -> 4 chunks
+    return _predict(setup, "default", chunk_size=16)  # 63 galaxies -> 4 chunks
 
 
 def test_parquet_columns_and_dtypes(setup, default_run):
@@ -46,6 +46,7 @@ def test_parquet_columns_and_dtypes(setup, default_run):
     assert table.schema.field("rho_point").type == pa.float32()
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     assert meta["question"] == QUESTION and meta["answer"] == "yes" and meta["passes"] == str(PASSES)
+    assert (meta["augmentations"], meta["dropout_masks"], meta["precision"]) == ("3", "2", "float32")
     assert meta["model"] == str(setup["model"])
     assert pq.ParquetFile(default_run).metadata.num_row_groups > 1  # streamed chunk by chunk
     assert not [p for p in setup["root"].iterdir() if p.name.startswith(".")]  # no temp files left
@@ -87,10 +88,11 @@ def test_mc_passes_differ_and_point_pass_is_reproducible(setup, default_run):
 
 @pytest.mark.parametrize("chunk_size", [7, 1000])
 def test_chunk_size_does_not_change_results(setup, default_run, chunk_size):
-    from gzmorph.predict import load_predictions
+    from gzmorph.predict import MCSampling, load_predictions
 
     ref, _ = load_predictions(default_run)
-    df, rho = load_predictions(_predict(setup, f"chunk{chunk_size}", chunk_size=chunk_size, passes=3))
+    df, rho = load_predictions(_predict(setup, f"chunk{chunk_size}", chunk_size=chunk_size,
+                                        sampling=MCSampling(3, 1)))
     assert rho.shape == (len(ref), 3)
     assert df["id_str"].tolist() == ref["id_str"].tolist()
     assert df["votes"].tolist() == ref["votes"].tolist()

@@ -80,17 +80,19 @@ def learnable_shards(root: Path, n: int = 700, seed: int = 0, fractions: dict | 
 
 
 def tiny_params(root: Path, **train: object) -> dict:
-    """params.yaml with a small, fast model (32 px, few epochs, Fig. 3 trunk); ``train`` overrides train.* keys."""
+    """params.yaml with a small, fast model (32 px, few epochs, Fig. 3 trunk, float32); ``train`` overrides train.*."""
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
                 "train": {"input_size": 32, "batch_size": 32, "max_epochs": 6, "min_epochs": 2, "patience": 3,
-                          "warmup_epochs": 1, "learning_rate": 0.003, "dropout_rate": 0.2, **train},
-                "predict": {"passes": 5, "chunk_size": 64}}
+                          "warmup_epochs": 1, "learning_rate": 0.003, "dropout_rate": 0.2,
+                          "val_loss_smoothing": 0.0, "mixed_precision": False, **train},
+                "predict": {"augmentations": 3, "dropout_masks": 2, "chunk_size": 64}}
     path = root / "override.yaml"
     path.write_text(yaml.safe_dump(override))
     params = config.load([ROOT / "params.yaml", path])
     if "questions" not in train:  # unless set here, the questions' own epoch counts follow train.max_epochs
-        for q in params["train"]["questions"].values():
-            q.pop("max_epochs", None)
+        for q in params["train"]["questions"].values():  # and their trunks are the paper's small one
+            for key in ("max_epochs", "trunk_filters", "dense_units"):
+                q.pop(key, None)
     if "tree" not in train:  # and so does the whole-tree model's; its trunk is the paper's small one
         for key in ("max_epochs", "trunk_filters", "dense_units"):
             params["train"]["tree"].pop(key, None)

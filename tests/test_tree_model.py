@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     write_shards(df, shards, tree=GZ2, resolution=RESOLUTION, shard_size=32,
                  fractions={"train": 0.6, "val": 0.2, "test": 0.2}, seed=0, threads=1, progress=False)
     params = tiny_params(root, max_epochs=2, min_epochs=1, warmup_epochs=0)
-    params["predict"]["passes"] = PASSES
+    params["predict"].update(augmentations=PASSES, dropout_masks=1)
     model = root / "tree.keras"
     result = train.train(params, None, shards, model, root / "history.csv", root / "loss.png", threads=2,
                          progress=False)

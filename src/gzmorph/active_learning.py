@@ -9,10 +9,10 @@
   image) with the labelled mask; images are streamed from the shards, so memory does not grow with
   the catalog (230k galaxies at 128 px would be ~10 GB of pixels): each iteration trains on the
   labelled galaxies filtered out of one pass over the train shards (a hash table of labelled ids,
-  :func:`labelled_dataset`; only they are cached in memory), early-stops on the val split streamed
-  every epoch, and scores the unlabelled pool and the test split by streaming them through the MC
-  passes (:func:`stream_rho`).  Pool positions are in id order, so the seeded draws below pick the
-  same galaxies whatever the shard layout or the number of cores.
+  :func:`labelled_dataset`; only they are cached in memory), early-stops on the first ``val_galaxies`` of
+  the val split (:func:`validation_dataset`, cached), and scores the unlabelled pool and the test split by
+  streaming them through the MC passes (:func:`stream_rho`).  Pool positions are in id order, so the seeded
+  draws below pick the same galaxies whatever the shard layout or the number of cores.
 * ``initial`` pool galaxies, drawn at random from (params seed, run seed), start labelled; the draw
   does not depend on the strategy, so BALD and random runs with the same seed are paired.
 * iteration i = 0..``iterations``: train a model on the labelled galaxies with the same training loop as
@@ -25,7 +25,8 @@
   previous iteration's model is trained further (fresh Adam) on the grown labelled set.  Early
   stopping ignores the first ``min_epochs`` epochs: a fresh model starts on a plateau at the constant
   prediction, and stopping there gave "collapsed" iterations (:func:`_train_model`).  Evaluate it on the
-  test split with T = ``passes`` MC-dropout passes (:func:`mc_rho`, the same passes as ``gzmorph predict``);
+  test split with T = ``augmentations`` x ``dropout_masks`` MC samples (:func:`mc_rho`, the same passes as
+  ``gzmorph predict``);
   then, except after the last model, acquire ``per_iteration``
   unlabelled pool galaxies and add them (with their already known votes: the "collected"
   classifications) to the labelled set:
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from gzmorph.inputs import QuestionSpec
+    from gzmorph.predict import MCSampling
 
 log = logging.getLogger(__name__)
 
@@ -188,36 +190,55 @@ def labelled_dataset(shard_dir: str | Path, spec: QuestionSpec, ids: np.ndarray,
     return ds.unbatch().map(lambda image, counts, _id: (image, counts)).cache()
 
 
-def mc_rho(model: keras.Model, images: np.ndarray, passes: int, chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    """[G, T] rho from T MC-dropout (+ augmentation) passes, ``chunk`` galaxies at a time (as ``gzmorph predict``)."""
+def mc_rho(model: keras.Model, images: np.ndarray, sampling: MCSampling, chunk: int = PREDICT_CHUNK) -> np.ndarray:
+    """[G, T] rho from T = A x D MC samples (augmented trunk passes x head dropout masks), ``chunk`` galaxies at a
+    time (as ``gzmorph predict``)."""
     from gzmorph.predict import chunk_passes, rho_functions
 
-    mc, _ = rho_functions(model)
-    chunks = [rho for rho, _, _ in chunk_passes(mc, None, images, passes, chunk)]
-    return np.concatenate(chunks).astype(np.float64) if chunks else np.empty((0, passes), np.float64)
+    mc, _ = rho_functions(model, sampling.dropout_masks)
+    chunks = [rho for rho, _, _ in chunk_passes(mc, None, images, sampling.augmentations, chunk)]
+    return np.concatenate(chunks).astype(np.float64) if chunks else np.empty((0, sampling.passes), np.float64)
 
 
-def stream_rho(model: keras.Model, data: Any, passes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rho [G, T] float64, id_str [G] bytes) of T MC passes over batches (image, counts, id_str), e.g.
+def stream_rho(model: keras.Model, data: Any, sampling: MCSampling) -> tuple[np.ndarray, np.ndarray]:
+    """(rho [G, T] float64, id_str [G] bytes) of T MC samples over batches (image, counts, id_str), e.g.
     :func:`split_stream`: one batch in memory at a time."""
     from gzmorph.predict import chunk_passes, rho_functions
 
-    mc, _ = rho_functions(model)
+    mc, _ = rho_functions(model, sampling.dropout_masks)
     rhos, ids = [], []
-    for rho, _, (_counts, id_str) in chunk_passes(mc, None, data, passes):
+    for rho, _, (_counts, id_str) in chunk_passes(mc, None, data, sampling.augmentations):
         rhos.append(rho)
         ids.append(np.asarray(id_str))
     if not rhos:
-        return np.empty((0, passes), np.float64), np.empty(0, object)
+        return np.empty((0, sampling.passes), np.float64), np.empty(0, object)
     return np.concatenate(rhos).astype(np.float64), np.concatenate(ids)
 
 
-def split_rho(model: keras.Model, data: Any, passes: int, split: Split) -> tuple[np.ndarray, np.ndarray]:
+def split_rho(model: keras.Model, data: Any, sampling: MCSampling, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """(positions in ``split`` in increasing order, their rho [G, T]) of the streamed ``data``."""
-    rho, ids = stream_rho(model, data, passes)
+    rho, ids = stream_rho(model, data, sampling)
     pos = split.positions(ids)
     order = np.argsort(pos, kind="stable")
     return pos[order], rho[order]
+
+
+def validation_dataset(shard_dir: str | Path, spec: QuestionSpec, n_val: int, limit: int | None,
+                       threads: int | None = None) -> tuple[tf.data.Dataset, int]:
+    """(batches of the val split for early stopping, galaxies in it), cached in memory after the first epoch.
+
+    ``limit`` (``active_learning.val_galaxies``): the first ``limit`` val galaxies in the shards' fixed order, the
+    same for every iteration, strategy and repeat; None or 0: the whole val split.  Each iteration trains on a
+    few hundred labels for a few hundred steps, so streaming thousands of val galaxies after every epoch would
+    cost as much as the training itself.
+    """
+    from gzmorph.inputs import vote_dataset
+
+    n = n_val if not limit else min(int(limit), n_val)
+    ds = vote_dataset(shard_dir, "val", spec, PREDICT_CHUNK, threads=threads, n_galaxies=n_val)
+    if n < n_val:
+        ds = ds.unbatch().take(n).batch(PREDICT_CHUNK)
+    return ds.cache(), n
 
 
 def bald_scores(rho: np.ndarray, n: int) -> np.ndarray:
@@ -285,7 +306,13 @@ def _train_model(params: dict[str, Any], spec: QuestionSpec, resolution: int, mo
 
     al = params["active_learning"]
     keras.utils.set_random_seed(model_seed)
-    model = training.build_question_model({**params, "seed": model_seed}, spec, resolution) if init is None else init
+    if init is None:
+        from gzmorph.runtime import describe_device, precision_policy
+
+        with precision_policy(params["train"]["mixed_precision"], describe_device()[1]):
+            model = training.build_question_model({**params, "seed": model_seed}, spec, resolution)
+    else:
+        model = init
     # Small labelled sets would give epochs of one or two steps, too few for early stopping to judge: repeat the
     # (reshuffled) set so that every epoch has at least min_steps_per_epoch batches.
     batch_size = int(al["batch_size"])
@@ -314,7 +341,8 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     import pandas as pd
 
     from gzmorph.acquisition import acquire, expected_votes
-    from gzmorph.inputs import effective_cut, question_spec, require_galaxies, vote_dataset
+    from gzmorph.inputs import effective_cut, question_spec, require_galaxies
+    from gzmorph.predict import MCSampling
     from gzmorph.runtime import configure_threads, describe_device, seed_everything
     from gzmorph.shards import read_manifest
 
@@ -322,7 +350,7 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     manifest = read_manifest(shard_dir)
     spec = question_spec(params, question, manifest["tree"])
     al = params["active_learning"]
-    passes = int(al["passes"])
+    sampling = MCSampling.of(al)
     warm_start = bool(al["warm_start"])
     configure_threads(threads)
     device, gpu = describe_device()
@@ -332,6 +360,7 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     pool = load_split(shard_dir, "train", spec)
     n_val = require_galaxies(shard_dir, "val", spec)
     test = load_split(shard_dir, "test", spec)
+    val_data, n_val = validation_dataset(shard_dir, spec, n_val, al.get("val_galaxies"), threads)
     log.info("%s %s seed %d on %s: pool %d, val %d, test %d galaxies (N >= %d)", question, strategy, seed, device,
              len(pool), n_val, len(test), effective_cut(spec.min_total_votes))
     initial, per_iteration, iterations = sizes["initial"], sizes["per_iteration"], sizes["iterations"]
@@ -353,12 +382,12 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
     for iteration in range(iterations + 1):
         start = time.perf_counter()
         model_seed = iteration_seed(base_seed, int(seed), iteration)
-        val_data = vote_dataset(shard_dir, "val", spec, PREDICT_CHUNK, threads=threads, n_galaxies=n_val)
         model, train_loss, val_loss, epochs = _train_model(
             params, spec, int(manifest["resolution"]), model_seed,
             labelled_dataset(shard_dir, spec, pool.ids[labelled], threads), int(labelled.sum()), val_data,
             init=model if warm_start else None)
-        test_pos, test_rho = split_rho(model, split_stream(shard_dir, "test", spec, threads=threads), passes, test)
+        test_pos, test_rho = split_rho(model, split_stream(shard_dir, "test", spec, threads=threads), sampling,
+                                     test)
         if not np.array_equal(test_pos, np.arange(len(test))):
             raise RuntimeError(f"{shard_dir}: the test split changed during the run")
         eval_loss, eval_rmse = evaluate(test_rho, test)
@@ -369,7 +398,7 @@ def simulate(params: dict[str, Any], question: str, strategy: str, seed: int, sh
             if strategy == "bald":
                 # the unlabelled pool, streamed; scores in pool (id) order, as candidates
                 scored, rho = split_rho(model, split_stream(shard_dir, "train", spec, pool.ids[labelled], keep=False,
-                                                            threads=threads), passes, pool)
+                                                            threads=threads), sampling, pool)
                 if not np.array_equal(scored, candidates):
                     raise RuntimeError(f"{shard_dir}: scored {len(scored)} unlabelled pool galaxies, expected "
                                        f"{len(candidates)}")

@@ -353,13 +353,9 @@ def train_labels(base: keras.Model | None, images: np.ndarray, labels: pd.DataFr
 def predict_logits(model: keras.Model, images: np.ndarray, passes: int = 0, chunk_size: int = 256
                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """(deterministic logits [G, U], MC logits [G, T, U] or None): T passes of MC dropout + augmentation."""
-    import tensorflow as tf
+    from gzmorph.predict import chunk_passes, pass_functions
 
-    from gzmorph.predict import chunk_passes
-
-    spec = [tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)]
-    point = tf.function(lambda x: model(x, training=False), input_signature=spec)
-    mc = tf.function(lambda x: model(x, training=True), input_signature=spec)
+    mc, point = pass_functions(model)  # T full passes: fine-tuned heads differ from Fig. 3's
     if passes <= 0:
         out = [point(images[i:i + chunk_size]).numpy() for i in range(0, len(images), chunk_size)]
         return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32), None

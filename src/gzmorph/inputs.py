@@ -97,13 +97,14 @@ def keep_mask(total_votes: Any, min_total_votes: int) -> Any:
 
 def vote_dataset(shard_dir: str | Path, split: str, spec: QuestionSpec, batch_size: int, *,
                  shuffle: bool = False, seed: int | None = None, with_ids: bool = False,
-                 threads: int | None = None, n_galaxies: int | None = None) -> tf.data.Dataset:
+                 threads: int | None = None, n_galaxies: int | None = None, cache: bool = False) -> tf.data.Dataset:
     """Batches of (uint8 image [B,R,R,3], float32 (k, N) [B,2]) (+ id_str) after the vote cut.
 
     The reader shuffles, batches and parses whole batches in parallel; the cut is a vectorised
     mask per batch, and ``rebatch`` restores full batches, so no per-galaxy Python or tf.data
     element work is added.  ``n_galaxies`` (galaxies left after the cut, see
-    :func:`count_galaxies`) lets Keras show a progress bar with a known length.
+    :func:`count_galaxies`) lets Keras show a progress bar with a known length.  ``cache``: the split is held
+    in memory after the first epoch (:func:`gzmorph.shards.make_dataset`; see :func:`fits_in_cache`).
     """
     import tensorflow as tf
 
@@ -114,7 +115,7 @@ def vote_dataset(shard_dir: str | Path, split: str, spec: QuestionSpec, batch_si
         return tuple(tf.boolean_mask(t, keep) for t in (image, counts, *ids))
 
     ds = make_dataset(shard_dir, split, columns=spec.columns, batch_size=batch_size, shuffle=shuffle,
-                      seed=seed, with_ids=with_ids, counts_dtype="float32")
+                      seed=seed, with_ids=with_ids, counts_dtype="float32", cache=cache)
     return _cut_and_rebatch(ds, select, batch_size, threads, n_galaxies)
 
 
@@ -131,6 +132,17 @@ def _cut_and_rebatch(ds: tf.data.Dataset, select: Any, batch_size: int, threads:
         options.threading.private_threadpool_size = int(threads)
         ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def fits_in_cache(shard_dir: str | Path, splits: tuple[str, ...], cache_mb: float) -> bool:
+    """Whether the images of ``splits`` (uint8 at the shards' resolution, every galaxy before any cut) fit in
+    ``cache_mb`` MiB together (``train.cache_mb``)."""
+    from gzmorph.shards import read_manifest
+
+    manifest = read_manifest(shard_dir)
+    per_image = int(manifest["resolution"]) ** 2 * int(manifest.get("channels", 3))
+    galaxies = sum(int(manifest["splits"].get(s, {}).get("n_galaxies", 0)) for s in splits)
+    return cache_mb > 0 and galaxies * per_image <= cache_mb * 2**20
 
 
 def count_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> tuple[int, int]:
@@ -178,7 +190,7 @@ def require_galaxies(shard_dir: str | Path, split: str, spec: QuestionSpec) -> i
 
 def tree_dataset(shard_dir: str | Path, split: str, tree: DecisionTree, batch_size: int, *,
                  shuffle: bool = False, seed: int | None = None, with_ids: bool = False,
-                 threads: int | None = None, n_galaxies: int | None = None) -> tf.data.Dataset:
+                 threads: int | None = None, n_galaxies: int | None = None, cache: bool = False) -> tf.data.Dataset:
     """Batches of (uint8 image [B,R,R,3], float32 counts [B, n_answers]) (+ id_str) for a whole-tree model.
 
     Counts are every answer's votes in ``tree.answer_columns`` order (the loss takes N per question as the
@@ -196,7 +208,7 @@ def tree_dataset(shard_dir: str | Path, split: str, tree: DecisionTree, batch_si
         return tuple(tf.boolean_mask(t, keep) for t in (image, counts, *ids))
 
     ds = make_dataset(shard_dir, split, columns=tree.answer_columns, batch_size=batch_size, shuffle=shuffle,
-                      seed=seed, with_ids=with_ids, counts_dtype="float32")
+                      seed=seed, with_ids=with_ids, counts_dtype="float32", cache=cache)
     return _cut_and_rebatch(ds, select, batch_size, threads, n_galaxies)
 
 

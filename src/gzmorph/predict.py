@@ -1,10 +1,12 @@
 """``gzmorph predict``: MC-dropout predictions of rho on the test split (Walmsley et al. 2020, §2.3, §2.5.3, §2.7),
 and (``--tree``) the whole-tree model's posterior catalog of any split or of galaxies without votes (below).
 
-For every test galaxy the trained model makes T = ``predict.passes`` forward passes with
-``training=True``: each pass draws fresh dropout masks (MC dropout, eqs. 7-10) AND a fresh
-augmentation of the image (test-time augmentation, §2.5.3), so the T values of rho sample
-both the approximate posterior over weights and the invariances the network should have.
+For every test galaxy the trained model draws T = A x D MC samples with ``training=True``: A =
+``predict.augmentations`` passes through the trunk, each with a fresh augmentation of the image (test-time
+augmentation, §2.5.3), and D = ``predict.dropout_masks`` fresh dropout masks on the head of each (MC dropout,
+eqs. 7-10; :class:`MCSampling`), so the T values of rho sample both the approximate posterior over weights and
+the invariances the network should have.  Dropout sits only after the dense layer, so the masks share the
+trunk's pass (:func:`split_at_dropout`) and T samples cost about A full passes.
 Any one of them alone (``gzmorph evaluate`` takes the first, ``rho[:, 0]``) is the paper's "without MC"
 baseline of §2.7 and Tables 1-2: T = 1, one stochastic pass.  One more pass with ``training=False`` (no
 dropout, central crop at the mean zoom, no random augmentation) gives ``rho_point``, the deterministic
@@ -24,8 +26,8 @@ Output (one parquet file, one row per galaxy, in shard reading order):
     rho          list<float32>   the T MC-dropout predictions (each of length T)
     rho_point    float32         the deterministic prediction
 
-plus key-value metadata ``question, answer, passes, model, shards, split, min_total_votes,
-votes_column, total_column``.  Galaxies are processed ``predict.chunk_size`` at a time and each
+plus key-value metadata ``question, answer, passes, augmentations, dropout_masks, precision, model, shards,
+split, min_total_votes, votes_column, total_column``.  Galaxies are processed ``predict.chunk_size`` at a time and each
 chunk is appended as a row group to a temporary file renamed when complete, so memory does not
 grow with the test set.  :func:`load_predictions` reads the file back as (DataFrame, rho [G, T]).
 
@@ -39,6 +41,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +49,7 @@ import numpy as np
 
 from gzmorph.config import UserError
 from gzmorph.inputs import effective_cut, question_spec, require_galaxies, vote_dataset
-from gzmorph.runtime import configure_threads, describe_device, seed_everything
+from gzmorph.runtime import configure_threads, describe_device, model_precision, seed_everything
 from gzmorph.train import load_model
 
 if TYPE_CHECKING:
@@ -97,44 +100,121 @@ def chunk_table(ids: np.ndarray, counts: np.ndarray, rho: np.ndarray, rho_point:
     )
 
 
-def pass_functions(model: keras.Model, transform: Callable[[tf.Tensor], tf.Tensor] | None = None
+@dataclass(frozen=True)
+class MCSampling:
+    """How the T = A x D MC samples of a galaxy are drawn.
+
+    ``augmentations`` (A): passes through the trunk, each with a fresh test-time augmentation of the image
+    (flips, rotation, contrast, crop; §2.5.3).  ``dropout_masks`` (D): dropout masks drawn on the head for
+    each trunk pass.  Dropout sits only after the dense layer (Fig. 3), so the trunk, nearly all the cost, runs
+    A times instead of T.  D = 1 gives T independent full passes, the paper's scheme.
+    """
+
+    augmentations: int
+    dropout_masks: int = 1
+
+    def __post_init__(self) -> None:
+        if int(self.augmentations) < 1 or int(self.dropout_masks) < 1:
+            raise ValueError(f"augmentations ({self.augmentations}) and dropout_masks ({self.dropout_masks}) "
+                             "must be positive")
+
+    @property
+    def passes(self) -> int:
+        """T, the MC samples per galaxy."""
+        return int(self.augmentations) * int(self.dropout_masks)
+
+    @classmethod
+    def of(cls, section: Mapping[str, Any]) -> MCSampling:
+        """From a params section with ``augmentations`` and ``dropout_masks`` (``predict``, ``active_learning``)."""
+        return cls(int(section["augmentations"]), int(section["dropout_masks"]))
+
+
+def split_at_dropout(model: keras.Model) -> tuple[keras.Model, keras.Model] | None:
+    """(trunk, head) of a Fig. 3 model cut before its ``mc_dropout`` layer; None for other shapes.
+
+    trunk: uint8 images -> the dense layer's output (augmentation and convolutions: the cost).  head: that
+    output -> the model's output, dropout first.  Both share the model's layers (and seed generators).
+    """
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if names.count("mc_dropout") != 1:
+        return None
+    cut = names.index("mc_dropout")
+    try:
+        features = model.layers[cut - 1].output
+        trunk = keras.Model(model.inputs, features, name="mc_trunk")
+        head_input = keras.Input(tuple(features.shape[1:]), dtype=features.dtype, name="features")
+        y = head_input
+        for layer in model.layers[cut:]:
+            y = layer(y)
+        head = keras.Model(head_input, y, name="mc_head")
+    except (ValueError, TypeError, AttributeError):  # not a single chain of layers after the dense layer
+        return None
+    if tuple(head.output.shape[1:]) != tuple(model.output.shape[1:]):
+        return None
+    return trunk, head
+
+
+def pass_functions(model: keras.Model, transform: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                   dropout_masks: int = 1
                    ) -> tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor], tf.Tensor]]:
     """(mc, point): compiled ``transform(model output)`` of a uint8 batch, with (MC dropout + augmentation) and without.
 
-    Each call of ``mc`` draws new dropout masks and augmentations (the layers' seed generators
-    advance), so calling it T times gives T independent passes.  A batch dimension of None
-    means the last, shorter chunk does not retrace.
+    ``mc(x)`` is [B, D, ...]: one augmented trunk pass and D = ``dropout_masks`` dropout masks on its head
+    (:func:`split_at_dropout`; a model that cannot be split runs D full passes instead).  Each call draws new
+    augmentations and masks (the layers' seed generators advance), so A calls give A x D samples.  ``point``
+    is the deterministic network [B, ...].  A batch dimension of None means the last, shorter chunk does not
+    retrace.
     """
     import tensorflow as tf
 
     out = transform or (lambda y: y)
+    masks = int(dropout_masks)
     spec = [tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)]
-    mc = tf.function(lambda x: out(model(x, training=True)), input_signature=spec)
+    parts = split_at_dropout(model) if masks > 1 else None
+
+    def samples(x: tf.Tensor) -> tf.Tensor:
+        if parts is None:
+            return tf.stack([out(model(x, training=True)) for _ in range(masks)], axis=1)
+        trunk, head = parts
+        features = trunk(x, training=True)  # [B, U]
+        tiled = tf.tile(features, [masks, 1])  # row d * B + b: galaxy b under mask d
+        y = out(head(tiled, training=True))  # [D * B, ...]
+        y = tf.reshape(y, tf.concat([[masks, tf.shape(x)[0]], tf.shape(y)[1:]], axis=0))
+        return tf.experimental.numpy.moveaxis(y, 0, 1)  # [B, D, ...]
+
+    mc = tf.function(samples, input_signature=spec)
     point = tf.function(lambda x: out(model(x, training=False)), input_signature=spec)
     return mc, point
 
 
-def rho_functions(model: keras.Model) -> tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor], tf.Tensor]]:
+def rho_functions(model: keras.Model, dropout_masks: int = 1
+                  ) -> tuple[Callable[[tf.Tensor], tf.Tensor], Callable[[tf.Tensor], tf.Tensor]]:
     """(mc, point) rho of a per-question (binomial) model: :func:`pass_functions` of its logit."""
     from gzmorph.losses import rho_from_logits
 
-    return pass_functions(model, rho_from_logits)
+    return pass_functions(model, rho_from_logits, dropout_masks)
 
 
-def predict_chunk(mc: Callable, point: Callable | None, images: tf.Tensor | np.ndarray, passes: int
+def predict_chunk(mc: Callable, point: Callable | None, images: tf.Tensor | np.ndarray, augmentations: int
                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(rho [B, T] float32, rho_point [B] float32) for one chunk of images; rho_point None without ``point``."""
-    rho = np.stack([mc(images).numpy() for _ in range(passes)], axis=1).astype(np.float32, copy=False)
-    return rho, None if point is None else point(images).numpy().astype(np.float32, copy=False)
+    """(samples [B, A x D, ...] float32, point [B, ...] float32) for one chunk; point None without ``point``.
+
+    ``mc`` is called ``augmentations`` (A) times, each giving [B, D, ...] (:func:`pass_functions`).
+    """
+    draws = np.concatenate([np.asarray(mc(images)) for _ in range(int(augmentations))], axis=1)
+    return draws.astype(np.float32, copy=False), (None if point is None
+                                                   else np.asarray(point(images)).astype(np.float32, copy=False))
 
 
-def chunk_passes(mc: Callable, point: Callable | None, data: np.ndarray | Iterable, passes: int,
+def chunk_passes(mc: Callable, point: Callable | None, data: np.ndarray | Iterable, augmentations: int,
                  chunk_size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None, tuple]]:
-    """T MC passes (and one deterministic pass with ``point``) over ``data``, one chunk at a time.
+    """A calls of ``mc`` (and one deterministic pass with ``point``) over ``data``, one chunk at a time.
 
     ``data``: a uint8 image array [G, R, R, 3], cut into chunks of ``chunk_size`` galaxies, or an iterable
     of batches whose first element is the images (e.g. :func:`gzmorph.inputs.vote_dataset` with ids).
-    Yields (rho [B, T], rho_point [B] or None, the rest of the batch: () for an array) per chunk; all T
+    Yields (samples [B, A x D], point [B] or None, the rest of the batch: () for an array) per chunk; all
     passes of a chunk run before the next chunk, so the draws depend on the data and the chunk size only.
     """
     if isinstance(data, np.ndarray):
@@ -144,7 +224,7 @@ def chunk_passes(mc: Callable, point: Callable | None, data: np.ndarray | Iterab
     else:
         batches = data
     for images, *rest in batches:
-        rho, rho_point = predict_chunk(mc, point, images, passes)
+        rho, rho_point = predict_chunk(mc, point, images, augmentations)
         yield rho, rho_point, tuple(rest)
 
 
@@ -156,8 +236,9 @@ def check_model_input(model: keras.Model, resolution: int, model_path: str | Pat
 
 
 def predict(params: dict[str, Any], question: str, shard_dir: str | Path, model_path: str | Path,
-            out_path: str | Path, *, split: str = SPLIT, threads: int | None = None, passes: int | None = None,
-            chunk_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+            out_path: str | Path, *, split: str = SPLIT, threads: int | None = None,
+            sampling: MCSampling | None = None, chunk_size: int | None = None, progress: bool = True
+            ) -> dict[str, Any]:
     """Write a split's (default test; ``all``: train, val, test in turn) MC-dropout predictions to ``out_path``."""
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -167,40 +248,46 @@ def predict(params: dict[str, Any], question: str, shard_dir: str | Path, model_
 
     manifest = read_manifest(shard_dir)
     spec = question_spec(params, question, manifest["tree"])
-    passes = int(params["predict"]["passes"] if passes is None else passes)
+    sampling = MCSampling.of(params["predict"]) if sampling is None else sampling
+    passes = sampling.passes
     chunk_size = int(params["predict"]["chunk_size"] if chunk_size is None else chunk_size)
-    if passes < 1 or chunk_size < 1:
-        raise ValueError("passes and chunk_size must be positive")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
     configure_threads(threads)
     device, gpu = describe_device()
     seed_everything(int(params["seed"]), gpu)  # repeatable MC draws for a given model, data and chunk_size
     model = load_model(model_path)
+    precision = model_precision(model)
     check_model_input(model, int(manifest["resolution"]), model_path)
     splits = ["train", "val", "test"] if split == "all" else [split]
     n_galaxies = sum(require_galaxies(shard_dir, s, spec) for s in splits)
-    log.info("predicting %s for %d %s galaxies, %d MC passes + 1, on %s", question, n_galaxies, split, passes,
-             device)
+    log.info("predicting %s for %d %s galaxies, %d MC samples (%d augmentations x %d dropout masks) + 1, %s, on %s",
+             question, n_galaxies, split, passes, sampling.augmentations, sampling.dropout_masks, precision, device)
 
     schema = prediction_schema({
-        "question": spec.question, "answer": spec.answer, "passes": passes, "model": str(model_path),
+        "question": spec.question, "answer": spec.answer, "passes": passes,
+        "augmentations": sampling.augmentations, "dropout_masks": sampling.dropout_masks, "precision": precision,
+        "model": str(model_path),
         "shards": str(shard_dir), "split": split, "min_total_votes": effective_cut(spec.min_total_votes),
         "votes_column": spec.votes_column, "total_column": spec.total_column,
     })
-    mc, point = rho_functions(model)
+    mc, point = rho_functions(model, sampling.dropout_masks)
     data = (batch for s in splits for batch in vote_dataset(shard_dir, s, spec, chunk_size, with_ids=True,
                                                               threads=threads))
     written = 0
     with io.atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             tqdm(total=n_galaxies, unit="galaxy", desc=f"predict {question}", file=sys.stderr,
                  disable=not progress, mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:  # logs: sparse
-        for rho, rho_point, (counts, ids) in chunk_passes(mc, point, data, passes):
+        for rho, rho_point, (counts, ids) in chunk_passes(mc, point, data, sampling.augmentations):
             writer.write_table(chunk_table(ids.numpy(), counts.numpy(), rho, rho_point, schema))
             written += len(rho_point)
             bar.update(len(rho_point))
     if written != n_galaxies:  # cannot happen unless the shards changed under us
         raise RuntimeError(f"predicted {written} galaxies, expected {n_galaxies}")
     log.info("%s: %d galaxies x %d passes -> %s", question, written, passes, out_path)
-    return {"n_galaxies": written, "passes": passes, "chunk_size": chunk_size, "device": device}
+    return {"n_galaxies": written, "passes": passes, "augmentations": sampling.augmentations,
+            "dropout_masks": sampling.dropout_masks, "chunk_size": chunk_size, "device": device,
+            "precision": precision}
 
 
 def load_predictions(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -404,7 +491,8 @@ def _join_chunks(files: list[Path], out_path: str | Path, schema: pa.Schema) -> 
 def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str | Path, *,
                  shards: str | Path | None = None, split: str | None = None, catalog: str | Path | None = None,
                  images: str | Path | None = None, chunks: str | Path | None = None, threads: int | None = None,
-                 passes: int | None = None, chunk_size: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 sampling: MCSampling | None = None, chunk_size: int | None = None, progress: bool = True
+                 ) -> dict[str, Any]:
     """Write the whole-tree posterior catalog of a shards split (``shards``) or an image table (``images``)."""
     import shutil
 
@@ -415,10 +503,11 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
 
     if (shards is None) == (images is None):
         raise UserError("predict --tree: give --shards (a split of a survey) or --images (a table of images)")
-    passes = int(params["predict"]["passes"] if passes is None else passes)
+    sampling = MCSampling.of(params["predict"]) if sampling is None else sampling
+    passes = sampling.passes
     chunk_size = int(params["predict"]["chunk_size"] if chunk_size is None else chunk_size)
-    if passes < 1 or chunk_size < 1:
-        raise ValueError("passes and chunk_size must be positive")
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
     expected_votes = int(params["predict"]["expected_votes"])
     configure_threads(threads)
     device, gpu = describe_device()
@@ -438,15 +527,20 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
     check_model_input(model, resolution, model_path)
     model_file = Path(model_path).stat()
     identity = {"model": str(model_path), "model_bytes": model_file.st_size, "model_mtime_ns": model_file.st_mtime_ns,
-                "source": source, "passes": passes, "chunk_size": chunk_size, "seed": seed, "tree": tree.name,
+                "source": source, "augmentations": sampling.augmentations, "dropout_masks": sampling.dropout_masks,
+                "chunk_size": chunk_size, "seed": seed, "tree": tree.name,
                 "expected_votes": expected_votes}
     folder = Path(chunks) if chunks is not None else Path(f"{out_path}.chunks")
     _chunk_folder(folder, identity)
-    schema = tree_catalog.catalog_schema(tree, {"passes": passes, "model": model_path, "source": source,
+    precision = model_precision(model)
+    schema = tree_catalog.catalog_schema(tree, {"passes": passes, "augmentations": sampling.augmentations,
+                                                "dropout_masks": sampling.dropout_masks, "precision": precision,
+                                                "model": model_path, "source": source,
                                                 "split": split, "expected_votes": expected_votes})
-    mc, point = pass_functions(model)  # whole-tree model: the concentrations themselves
-    log.info("posteriors of %d galaxies (%s), %d questions x %d answers, %d MC passes, on %s", n_galaxies,
-             source, len(tree.questions), tree.n_answers(), passes, device)
+    mc, point = pass_functions(model, dropout_masks=sampling.dropout_masks)  # the concentrations themselves
+    log.info("posteriors of %d galaxies (%s), %d questions x %d answers, %d MC samples (%d augmentations x %d "
+             "dropout masks), %s, on %s", n_galaxies, source, len(tree.questions), tree.n_answers(), passes,
+             sampling.augmentations, sampling.dropout_masks, precision, device)
     files, done = [], 0
     with tqdm(total=n_galaxies, unit="galaxy", desc="predict tree", file=sys.stderr, disable=not progress,
               mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:
@@ -457,7 +551,7 @@ def predict_tree(params: dict[str, Any], model_path: str | Path, out_path: str |
                 done += 1
             else:
                 reseed(model, seed, index)
-                alpha, alpha_point, _ = next(chunk_passes(mc, point, [(images_of(),)], passes))
+                alpha, alpha_point, _ = next(chunk_passes(mc, point, [(images_of(),)], sampling.augmentations))
                 ra, dec = _coordinates(ids, lookup, str(catalog or images))
                 with io.atomic_path(path) as tmp:
                     pq.write_table(tree_catalog.catalog_table(ids, ra, dec, alpha, alpha_point, tree, schema,

@@ -7,8 +7,9 @@
 * :func:`seed_everything`: ``keras.utils.set_random_seed(seed)`` (Python, numpy, TensorFlow and Keras
   generators); on CPU TensorFlow op determinism is also switched on (cheap there, costly on a GPU).  With
   seeded layers and a seeded shuffle this makes a run repeatable.
-* :func:`precision_policy`: the Keras dtype policy while a model is built: float32, or with
-  ``train.mixed_precision`` float16 (GPU) / bfloat16 (CPU) compute.
+* :func:`precision_policy`: the Keras dtype policy while a model is built, chosen by :func:`policy_name` from
+  ``train.mixed_precision`` (``auto``: bfloat16 on CPUs with native bf16, float16 on GPUs with tensor cores,
+  float32 otherwise); :func:`model_precision` reads it back from a trained model.
 * :func:`distribution_strategy`: ``train.distribute``; a ``tf.distribute.MirroredStrategy`` over the visible
   GPUs (data parallel, one replica per GPU) or None for the ordinary one-device path.
 
@@ -59,18 +60,90 @@ def seed_everything(seed: int, gpu: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+PRECISION_SETTINGS = ("auto", True, False)
+# CPU flags of native bfloat16 arithmetic (Linux /proc/cpuinfo names): AVX-512 BF16 (Zen 4, Cooper Lake) or AMX.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (or of the text ``cpuinfo``); empty where there is none."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def gpu_has_tensor_cores() -> bool:
+    """Every visible GPU has compute capability >= 7.0 (Volta and later: float16 tensor cores)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return False
+    for gpu in gpus:
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
+        if tuple(capability) < (7, 0):
+            return False
+    return True
+
+
+def policy_name(setting: bool | str, gpu: bool, *, flags: set[str] | None = None,
+                tensor_cores: bool | None = None) -> tuple[str, str]:
+    """(Keras dtype policy, why) for ``train.mixed_precision``.
+
+    ``false``: float32.  ``true``: mixed float16 on a GPU, mixed bfloat16 on a CPU.  ``auto``: mixed precision
+    where the hardware computes it natively (a GPU with tensor cores: float16; a CPU with AVX512_BF16 or AMX:
+    bfloat16), float32 otherwise; emulated bfloat16 on an older CPU is slower than float32.
+    """
+    if setting not in PRECISION_SETTINGS:
+        raise ValueError(f"train.mixed_precision: {setting!r} is not one of auto, true, false")
+    if setting is False:
+        return "float32", "train.mixed_precision: false"
+    if setting is True:
+        return ("mixed_float16" if gpu else "mixed_bfloat16"), "train.mixed_precision: true"
+    if gpu:
+        native = gpu_has_tensor_cores() if tensor_cores is None else tensor_cores
+        return (("mixed_float16", "auto: GPU with tensor cores") if native
+                else ("float32", "auto: GPU without tensor cores"))
+    found = sorted(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
+    if found:
+        return "mixed_bfloat16", f"auto: CPU with native bfloat16 ({', '.join(found)})"
+    return "float32", "auto: CPU without native bfloat16"
+
+
 @contextmanager
-def precision_policy(mixed: bool, gpu: bool) -> Iterator[str]:
-    """Global Keras dtype policy while the model is built (layers take it at construction), then restored."""
+def precision_policy(mixed: bool | str, gpu: bool) -> Iterator[str]:
+    """Global Keras dtype policy (:func:`policy_name` of ``mixed``) while a model is built, then restored.
+
+    Layers take the policy at construction, and a saved model keeps it in its config (:func:`model_precision`).
+    """
     import keras
 
     previous = keras.mixed_precision.global_policy()
-    name = ("mixed_float16" if gpu else "mixed_bfloat16") if mixed else "float32"
+    name, why = policy_name(mixed, gpu)
+    log.info("dtype policy %s (%s)", name, why)
     keras.mixed_precision.set_global_policy(name)
     try:
         yield name
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def model_precision(model: object) -> str:
+    """The dtype policy a model's convolutions compute in (``float32``, ``mixed_bfloat16``, ``mixed_float16``)."""
+    import keras
+
+    for layer in model._flatten_layers():  # noqa: SLF001 (nested models: fine-tuned trunks)
+        if isinstance(layer, keras.layers.Conv2D):
+            return str(layer.dtype_policy.name)
+    return str(keras.mixed_precision.global_policy().name)
 
 
 DISTRIBUTE_MODES = ("auto", "mirrored", "none")

@@ -566,7 +566,7 @@ def read_columns(shard_dir: str | os.PathLike[str], split: str, columns: Sequenc
 def make_dataset(shard_dir: str | os.PathLike[str], split: str, columns: Sequence[str] | None = None,
                  batch_size: int = 32, shuffle: bool = False, seed: int | None = None, repeat: bool = False,
                  with_ids: bool = False, counts_dtype: str = "float32", shuffle_buffer: int = 2048,
-                 drop_remainder: bool = False) -> tf.data.Dataset:
+                 drop_remainder: bool = False, cache: bool = False) -> tf.data.Dataset:
     """Batches of ``(image, vote_counts)`` or, with ``with_ids``, ``(image, vote_counts, id_str)``.
 
     ``image`` is uint8 [B, R, R, 3]; ``vote_counts`` is ``counts_dtype`` [B, len(columns)] in the
@@ -575,6 +575,8 @@ def make_dataset(shard_dir: str | os.PathLike[str], split: str, columns: Sequenc
     machine): manifest order without ``shuffle``; with it, a seeded shuffle of the files, reshuffled every
     epoch, then a ``shuffle_buffer`` record shuffle.  Shards are written in random order within a split,
     so even the unshuffled order is not sky order.
+    With ``cache`` the split's records are held in memory after the first pass (no shard is read again) and
+    the record shuffle spans the whole split, since the file order is fixed from then on.
     Note: Keras ``fit`` would read a third element as sample weights, so use ``with_ids``
     for prediction bookkeeping, not training.
     """
@@ -602,8 +604,11 @@ def make_dataset(shard_dir: str | os.PathLike[str], split: str, columns: Sequenc
         files = files.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
     ds = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(READ_CYCLE, len(paths))), block_length=1,
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+        shuffle_buffer = max(shuffle_buffer, int(manifest["splits"].get(split, {}).get("n_galaxies", 0)))
     if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed)
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

@@ -23,7 +23,9 @@ loss, and runs ``model.fit`` with Keras callbacks:
   halved after ``plateau_patience`` epochs without a lower val loss (``keras.callbacks.ReduceLROnPlateau``,
   never below ``min_learning_rate``); ``constant``;
 * early stopping on the val loss (``keras.callbacks.EarlyStopping``, ``restore_best_weights``,
-  ``start_from_epoch=min_epochs``): epochs before ``min_epochs`` can neither stop training nor be kept.  A
+  ``start_from_epoch=min_epochs``), or with ``val_loss_smoothing`` > 0 on its exponential moving average
+  (:func:`smoothed`, history column ``val_loss_smoothed``), so that epoch-to-epoch noise neither ends a slowly
+  improving training nor picks the kept epoch: epochs before ``min_epochs`` can neither stop training nor be kept.  A
   fresh model sits on a plateau near the constant prediction for its first ~100 steps; watched from its first
   epoch, early stopping could end training there.  The kept epoch (:func:`kept_epoch`) is the lowest finite
   val loss from ``min_epochs`` on (the first, on ties), or the last epoch when training ended before
@@ -148,8 +150,11 @@ class FitSettings:
     warmup_epochs: int = 0  # linear warm-up from 0 (cosine, plateau)
     min_learning_rate: float = 0.0  # cosine: the rate at max_epochs; plateau: the floor
     plateau_patience: int = 1  # plateau: epochs without a lower val loss before halving
+    smoothing: float = 0.0  # early stopping and the kept epoch follow an EMA of the val loss with this weight
 
     def __post_init__(self) -> None:
+        if not 0 <= self.smoothing < 1:
+            raise ConfigError(f"val_loss_smoothing {self.smoothing:g} must be in [0, 1)")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown learning-rate schedule {self.schedule!r}; schedules: {', '.join(SCHEDULES)}")
         if not 0 <= self.min_learning_rate <= self.learning_rate:
@@ -176,8 +181,27 @@ def fit_settings(params: dict[str, Any], section: str = "train", question: str |
         learning_rate=float(tp["learning_rate"]), schedule=str(tp["schedule"]),
         min_learning_rate=float(tp["min_learning_rate"]), max_epochs=int(max_epochs),
         min_epochs=int(own["min_epochs"]), patience=int(own["patience"]), warmup_epochs=int(own["warmup_epochs"]),
-        plateau_patience=int(own["plateau_patience"]),
+        plateau_patience=int(own["plateau_patience"]), smoothing=float(own.get("val_loss_smoothing", 0.0)),
     )
+
+
+def smoothed(val_loss: Any, weight: float) -> np.ndarray:
+    """Exponential moving average s_t = weight s_(t-1) + (1 - weight) v_t of per-epoch val losses, s_0 = v_0.
+
+    A non-finite v_t is missing: s_t = s_(t-1) (NaN until the first finite value).  ``weight`` 0 returns the
+    losses themselves.  Early stopping on s instead of v is not ended by one lucky epoch of a noisy, slowly
+    falling loss, and the kept epoch is not the one that happened to draw the easiest val noise.
+    """
+    values = np.asarray(val_loss, np.float64)
+    if weight == 0:
+        return values.copy()
+    out = np.empty_like(values)
+    state = np.nan
+    for t, v in enumerate(values):
+        if np.isfinite(v):
+            state = v if not np.isfinite(state) else weight * state + (1 - weight) * v
+        out[t] = state
+    return out
 
 
 def kept_epoch(val_loss: Any, min_epochs: int) -> int:
@@ -240,6 +264,21 @@ def _callbacks() -> Any:
             if epoch >= self.start_from_epoch:
                 super().on_epoch_end(epoch, logs)
 
+    class SmoothedValLoss(keras.callbacks.Callback):
+        """``logs["val_loss_smoothed"]``: :func:`smoothed` val loss, for EarlyStopping (runs before it)."""
+
+        def __init__(self, weight: float):
+            super().__init__()
+            self.weight, self.values = float(weight), []
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.values = []
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is not None:
+                self.values.append(float(logs.get("val_loss", np.nan)))
+                logs["val_loss_smoothed"] = float(smoothed(self.values, self.weight)[-1])
+
     class FiniteEarlyStopping(keras.callbacks.EarlyStopping):
         """EarlyStopping that treats a non-finite val loss as missing (never kept, no patience used).
 
@@ -252,7 +291,8 @@ def _callbacks() -> Any:
             return value if value is not None and math.isfinite(value) else None
 
     return types.SimpleNamespace(LogLearningRate=LogLearningRate, LinearWarmup=LinearWarmup,
-                                 PlateauAfterWarmup=PlateauAfterWarmup, FiniteEarlyStopping=FiniteEarlyStopping)
+                                 PlateauAfterWarmup=PlateauAfterWarmup, FiniteEarlyStopping=FiniteEarlyStopping,
+                                 SmoothedValLoss=SmoothedValLoss)
 
 
 def learning_rate_schedule(settings: FitSettings, steps_per_epoch: int) -> tuple[Any, list[keras.callbacks.Callback]]:
@@ -340,10 +380,12 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
     learning_rate, schedule_callbacks = learning_rate_schedule(settings, steps)
     # compile wraps the optimizer in a LossScaleOptimizer under mixed_float16.
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss if loss is not None else BinomialLoss())
-    stopper = cb.FiniteEarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True,
+    monitor = "val_loss_smoothed" if settings.smoothing > 0 else "val_loss"
+    stopper = cb.FiniteEarlyStopping(monitor=monitor, patience=settings.patience, restore_best_weights=True,
                                      start_from_epoch=settings.min_epochs)
     with contextlib.ExitStack() as outputs:
-        callbacks = [cb.LogLearningRate(), *schedule_callbacks, stopper, keras.callbacks.TerminateOnNaN()]
+        smoother = [cb.SmoothedValLoss(settings.smoothing)] if settings.smoothing > 0 else []
+        callbacks = [cb.LogLearningRate(), *smoother, *schedule_callbacks, stopper, keras.callbacks.TerminateOnNaN()]
         if history is not None:
             callbacks.append(keras.callbacks.CSVLogger(str(outputs.enter_context(io.atomic_path(history)))))
         logged = model.fit(train_ds, validation_data=val_ds, epochs=settings.max_epochs,
@@ -351,7 +393,7 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
                            verbose=verbose)
         frame = pd.DataFrame({"epoch": logged.epoch, **logged.history})
         frame = frame[["epoch", *sorted(c for c in frame.columns if c != "epoch")]]
-        kept = kept_epoch(frame["val_loss"], settings.min_epochs)
+        kept = kept_epoch(smoothed(frame["val_loss"], settings.smoothing), settings.min_epochs)
         restored = stopper.best_epoch if stopper.best_weights is not None else len(frame) - 1
         if restored != kept:  # cannot happen unless Keras's EarlyStopping changes behaviour
             raise RuntimeError(f"EarlyStopping kept epoch {restored + 1}, expected {kept + 1}")
@@ -380,6 +422,9 @@ def loss_figure(history: pd.DataFrame, kept: int, min_epochs: int = 0, title: st
                    label=f"before min_epochs ({min_epochs}): not kept")
     ax.plot(epochs, history["loss"], "o-", ms=3, label="training")
     ax.plot(epochs, history["val_loss"], "s-", ms=3, label="validation")
+    if "val_loss_smoothed" in history:
+        ax.plot(epochs, history["val_loss_smoothed"], "-", color="tab:orange", lw=2, alpha=0.5,
+                label="validation, smoothed (early stopping)")
     ax.axvline(epochs[kept], color="0.5", ls="--", lw=1)
     ax.plot(epochs[kept], history["val_loss"].iloc[kept], "k*", ms=12,
             label=f"kept: epoch {epochs[kept]} (val {history['val_loss'].iloc[kept]:.3f})")
@@ -420,7 +465,7 @@ def train(params: dict[str, Any], question: str | None, shard_dir: str | Path, m
     """Train the question's model (``question`` None: the whole-tree model of the shards' tree) on the shards'
     train split, early-stopped on the val split."""
     from gzmorph import io
-    from gzmorph.inputs import question_spec, require_galaxies, tree_dataset, tree_spec, vote_dataset
+    from gzmorph.inputs import fits_in_cache, question_spec, require_galaxies, tree_dataset, tree_spec, vote_dataset
     from gzmorph.losses import DirichletMultinomialLoss
     from gzmorph.runtime import (
         configure_threads,
@@ -469,17 +514,20 @@ def train(params: dict[str, Any], question: str | None, shard_dir: str | Path, m
     batch_size = int(tp["batch_size"]) * replicas
     n_train = require_galaxies(shard_dir, "train", spec)
     n_val = require_galaxies(shard_dir, "val", spec)
+    cache = fits_in_cache(shard_dir, ("train", "val"), float(tp.get("cache_mb", 0)))
+    log.info("train and val images %s", f"held in memory (train.cache_mb {tp.get('cache_mb', 0)})" if cache
+             else "read from the shards every epoch (above train.cache_mb)")
     if question is None:
         train_ds = tree_dataset(shard_dir, "train", tree, batch_size, shuffle=True, seed=seed, threads=threads,
-                                n_galaxies=n_train)
-        val_ds = tree_dataset(shard_dir, "val", tree, batch_size, threads=threads, n_galaxies=n_val)
+                                n_galaxies=n_train, cache=cache)
+        val_ds = tree_dataset(shard_dir, "val", tree, batch_size, threads=threads, n_galaxies=n_val, cache=cache)
     else:
         train_ds = vote_dataset(shard_dir, "train", spec, batch_size, shuffle=True, seed=seed, threads=threads,
-                                n_galaxies=n_train)
-        val_ds = vote_dataset(shard_dir, "val", spec, batch_size, threads=threads, n_galaxies=n_val)
+                                n_galaxies=n_train, cache=cache)
+        val_ds = vote_dataset(shard_dir, "val", spec, batch_size, threads=threads, n_galaxies=n_val, cache=cache)
 
     with scope:  # variables (model, optimizer) are created, and mirrored, under the strategy
-        with precision_policy(bool(tp["mixed_precision"]), gpu) as policy:
+        with precision_policy(tp["mixed_precision"], gpu) as policy:
             if question is None:
                 model = build_tree_model(params, tree, manifest["resolution"])
             else:

@@ -17,7 +17,8 @@ rule active_learning_run:
     params:
         settings=P("seed", "train.survey", "train.questions.{question}", "train.input_size", "train.learning_rate",
                    "train.schedule", "train.min_learning_rate", "train.dropout_rate", "train.mixed_precision",
-                   "active_learning.passes", "active_learning.expected_votes", "active_learning.max_epochs",
+                   "active_learning.augmentations", "active_learning.dropout_masks", "active_learning.val_galaxies",
+                   "active_learning.expected_votes", "active_learning.max_epochs",
                    "active_learning.patience", "active_learning.min_epochs", "active_learning.warmup_epochs",
                    "active_learning.plateau_patience", "active_learning.min_steps_per_epoch",
                    "active_learning.batch_size", "active_learning.warm_start", "active_learning.questions.{question}"),
@@ -29,7 +30,7 @@ rule active_learning_run:
     threads: 1
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:

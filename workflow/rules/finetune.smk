@@ -51,10 +51,10 @@ rule finetune_ring:
         "logs/finetune_ring.log",
     benchmark:
         "benchmarks/finetune_ring.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:
@@ -101,10 +101,10 @@ rule finetune_transfer:
         "logs/finetune_transfer.log",
     benchmark:
         "benchmarks/finetune_transfer.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:
@@ -127,10 +127,10 @@ rule finetune_cross_survey:
         "logs/finetune_cross_survey.log",
     benchmark:
         "benchmarks/finetune_cross_survey.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=4000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:
@@ -156,10 +156,10 @@ rule finetune_ring_curve:
         "logs/finetune_ring_curve.log",
     benchmark:
         "benchmarks/finetune_ring_curve.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:
@@ -187,10 +187,10 @@ rule finetune_transfer_curve:
         "logs/finetune_transfer_curve.log",
     benchmark:
         "benchmarks/finetune_transfer_curve.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=3000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:

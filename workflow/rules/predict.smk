@@ -14,10 +14,10 @@ rule predict:
         "logs/predict_{question}.log",
     benchmark:
         "benchmarks/predict_{question}.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=4000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:
@@ -43,10 +43,10 @@ rule predict_tree:
         "logs/predict_tree.log",
     benchmark:
         "benchmarks/predict_tree.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=4000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:

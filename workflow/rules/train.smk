@@ -13,16 +13,16 @@ rule train:
         settings=P("seed", "train.survey", "train.questions.{question}", "train.input_size", "train.batch_size",
                    "train.max_epochs", "train.min_epochs", "train.patience", "train.learning_rate", "train.schedule",
                    "train.warmup_epochs", "train.min_learning_rate", "train.plateau_patience", "train.dropout_rate",
-                   "train.mixed_precision", "train.distribute"),
+                   "train.val_loss_smoothing", "train.mixed_precision", "train.cache_mb", "train.distribute"),
         args=PARAMS_ARGS,
     log:
         "logs/train_{question}.log",
     benchmark:
         "benchmarks/train_{question}.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=6000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:
@@ -44,16 +44,17 @@ rule train_tree:
         settings=P("seed", "train.survey", "train.tree", "train.input_size", "train.batch_size", "train.max_epochs",
                    "train.min_epochs", "train.patience", "train.learning_rate", "train.schedule",
                    "train.warmup_epochs", "train.min_learning_rate", "train.plateau_patience", "train.dropout_rate",
-                   "train.mixed_precision", "train.distribute"),
+                   "train.val_loss_smoothing", "train.mixed_precision", "train.cache_mb", "train.distribute"),
         args=PARAMS_ARGS,
     log:
         "logs/train_tree.log",
+    priority: 10  # the longest chain (training, posterior catalog, evaluation, fine-tuning) starts first
     benchmark:
         "benchmarks/train_tree.tsv"
-    threads: ALL_CORES
+    threads: MODEL_THREADS
     resources:
         mem_mb=6000,
-        gpu=1,
+        gpu=MODEL_GPU,
     conda:
         "../../environment.yml"
     shell:
