@@ -151,7 +151,8 @@ def tiny(tmp_path_factory):
     shards, df = learnable_shards(root, n=300, seed=2)
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
                 "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.2},
-                "active_learning": {"augmentations": 1, "dropout_masks": 2, "max_epochs": 1, "min_epochs": 0, "warm_start": False,
+                "active_learning": {"augmentations": 1, "dropout_masks": 2,
+                                    "max_epochs": 1, "min_epochs": 0, "warm_start": False,
                                     "patience": 1, "warmup_epochs": 0, "min_steps_per_epoch": 2,
                                     "batch_size": 16, "questions": {QUESTION: {
                                         "initial": INITIAL, "per_iteration": PER_ITERATION,
@@ -469,7 +470,8 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     shards, df = planted_shards(root, n=600)
     override = {"seed": 0, "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.3},
-                "active_learning": {"augmentations": 4, "dropout_masks": 2, "max_epochs": 8, "min_epochs": 3, "warm_start": True,
+                "active_learning": {"augmentations": 4, "dropout_masks": 2,
+                                    "max_epochs": 8, "min_epochs": 3, "warm_start": True,
                                     "patience": 2, "warmup_epochs": 1, "min_steps_per_epoch": 4, "batch_size": 16,
                                     "questions": {QUESTION: {"initial": 16, "per_iteration": 8, "iterations": 2}}}}
     path = root / "override.yaml"

@@ -341,3 +341,71 @@ def test_mean_concentration_model_saves_and_loads(tmp_path):
 def test_tree_head_errors(kwargs):
     with pytest.raises(ValueError, match="head"):
         build_model(SIZE, output_size=OUT, concentrations=5, **kwargs)
+
+
+# ---------------------------------------------------------------- MC samples sharing the trunk
+
+
+def _tree_model(seed: int = 5, dropout_rate: float = 0.5) -> keras.Model:
+    from gzmorph.tree import GZ2
+
+    return build_model(SIZE, output_size=OUT, seed=seed, dropout_rate=dropout_rate,
+                       concentrations=GZ2.n_answers(), head="mean_concentration",
+                       answer_questions=GZ2.answer_question_index)
+
+
+@pytest.mark.parametrize("kind", ["binomial", "tree"])
+def test_trunk_and_head_compose_to_the_model(kind):
+    """split_at_dropout: head(trunk(x)) is the model itself, for the binomial and the whole-tree head."""
+    from gzmorph.predict import split_at_dropout
+
+    model = build_model(SIZE, output_size=OUT, seed=3) if kind == "binomial" else _tree_model()
+    trunk, head = split_at_dropout(model)
+    x = _images(5)
+    np.testing.assert_allclose(_np(head(trunk(x))), _np(model(x)), rtol=1e-5, atol=1e-6)
+    assert trunk.output.shape[-1] == model.get_layer("dense").units
+
+
+@pytest.mark.parametrize("kind", ["binomial", "tree"])
+def test_dropout_masks_share_one_augmented_trunk_pass(kind):
+    """mc(x) is [B, D, ...]: without dropout the D samples of one call are equal (one augmentation), with it
+    they differ; a second call draws a new augmentation."""
+    from gzmorph.predict import pass_functions
+
+    def model_of(rate):
+        return (build_model(SIZE, output_size=OUT, seed=3, dropout_rate=rate) if kind == "binomial"
+                else _tree_model(dropout_rate=rate))
+
+    x = _images(4)
+    masks = 3
+    no_dropout = _np(pass_functions(model_of(0.0), dropout_masks=masks)[0](x))
+    out_shape = (4, masks, 2 if kind == "binomial" else no_dropout.shape[-1])  # logits or concentrations
+    assert no_dropout.shape == out_shape
+    np.testing.assert_allclose(no_dropout, np.repeat(no_dropout[:, :1], masks, axis=1), rtol=1e-6)
+    mc, point = pass_functions(model_of(0.5), dropout_masks=masks)
+    a, b = _np(mc(x)), _np(mc(x))
+    assert not np.allclose(a[:, 0], a[:, 1]) and not np.allclose(a, b)
+    assert _np(point(x)).shape == (4, *out_shape[2:])
+
+
+def test_models_that_do_not_end_in_the_dropout_head_run_full_passes():
+    """A model without Fig. 3's mc_dropout head (e.g. fine-tuned) gets D full passes per call instead."""
+    from gzmorph.predict import pass_functions, split_at_dropout
+
+    images = keras.Input((SIZE, SIZE, 3), dtype="uint8")
+    x = keras.layers.Rescaling(1 / 255)(images)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(0.5, seed=1)(x)
+    model = keras.Model(images, keras.layers.Dense(2)(x))
+    assert split_at_dropout(model) is None
+    draws = _np(pass_functions(model, dropout_masks=4)[0](_images(3)))
+    assert draws.shape == (3, 4, 2) and not np.allclose(draws[:, 0], draws[:, 1])
+
+
+def test_mc_sampling_counts_and_errors():
+    from gzmorph.predict import MCSampling
+
+    sampling = MCSampling.of({"augmentations": 6, "dropout_masks": 5})
+    assert sampling.passes == 30
+    with pytest.raises(ValueError, match="must be positive"):
+        MCSampling(0, 5)

@@ -407,3 +407,28 @@ def test_gzmorph_main_reports_error_exit_2(tmp_path, capsys):
                    "--out", str(tmp_path / "out")])
     assert rc == 2
     assert "no such catalog file" in capsys.readouterr().err
+
+
+def test_cached_split_gives_every_galaxy_once_an_epoch_in_a_new_order(built):
+    """With ``cache`` every epoch after the first (which fills the cache) is the whole split again, reshuffled."""
+    root, _, _ = built
+    ds = shards.make_dataset(root / "t1", "train", batch_size=4, shuffle=True, seed=3, with_ids=True, cache=True)
+    epochs = [[i for *_, ids in ds.as_numpy_iterator() for i in ids] for _ in range(3)]
+    n_train = shards.read_manifest(root / "t1")["splits"]["train"]["n_galaxies"]
+    assert all(sorted(e) == sorted(epochs[0]) and len(e) == n_train for e in epochs)
+    assert epochs[1] != epochs[2]
+    plain = [i for *_, ids in shards.make_dataset(root / "t1", "train", batch_size=4, with_ids=True)
+             .as_numpy_iterator() for i in ids]
+    assert sorted(plain) == sorted(epochs[0])
+
+
+def test_cache_bound_counts_the_splits_images(built):
+    from gzmorph.inputs import fits_in_cache
+
+    root, _, _ = built
+    manifest = shards.read_manifest(root / "t1")
+    galaxies = sum(manifest["splits"][s]["n_galaxies"] for s in ("train", "val"))
+    mib = galaxies * RES * RES * 3 / 2**20
+    assert fits_in_cache(root / "t1", ("train", "val"), mib)
+    assert not fits_in_cache(root / "t1", ("train", "val"), mib * 0.99)
+    assert not fits_in_cache(root / "t1", ("train", "val"), 0)

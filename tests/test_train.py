@@ -332,6 +332,44 @@ def test_kept_epoch_follows_early_stopping():
     assert kept_epoch(np.array([1.0, np.inf, np.nan]), 1) == 2  # none finite from min_epochs on: the last
 
 
+def test_smoothed_val_loss_by_hand():
+    from gzmorph.train import smoothed
+
+    np.testing.assert_allclose(smoothed([4.0, 2.0, 3.0], 0.5), [4.0, 3.0, 3.0])  # 0.5 * 4 + 0.5 * 2, ...
+    np.testing.assert_allclose(smoothed([np.nan, 2.0, np.inf, 4.0], 0.75), [np.nan, 2.0, 2.0, 2.5])
+    np.testing.assert_array_equal(smoothed([3.0, 1.0], 0.0), [3.0, 1.0])
+
+
+def test_smoothing_keeps_a_slowly_falling_loss_from_stopping_on_one_lucky_epoch():
+    """A val loss falling 0.01 an epoch under +-0.05 noise, with one epoch 0.2 low by chance: with patience 5 the
+    raw loss stops 5 epochs after the lucky one; its moving average keeps falling to the last epoch."""
+    from gzmorph.train import kept_epoch, smoothed
+
+    epochs = np.arange(40)
+    val = 2.0 - 0.01 * epochs + np.where(epochs == 6, -0.2, 0.05 * np.sin(epochs * 2.5))
+
+    def stop(series, patience=5):  # the epoch EarlyStopping(patience) stops at, watching from epoch 0
+        best, waited = np.inf, 0
+        for t, v in enumerate(series):
+            best, waited = (v, 0) if v < best else (best, waited + 1)
+            if waited >= patience:
+                return t
+        return len(series) - 1
+
+    assert stop(val) == 11 and kept_epoch(val[:12], 0) == 6
+    assert stop(smoothed(val, 0.7)) == 39 and kept_epoch(smoothed(val, 0.7), 0) >= 35
+
+
+def test_fit_with_smoothing_keeps_the_smoothed_minimum(tmp_path):
+    model, val, result = _tiny_fit(tmp_path, min_epochs=1, patience=2, max_epochs=6, smoothing=0.5)
+    from gzmorph.train import kept_epoch, smoothed
+
+    history = result.history
+    np.testing.assert_allclose(history["val_loss_smoothed"], smoothed(history["val_loss"], 0.5), rtol=1e-6)
+    assert result.kept_epoch == kept_epoch(history["val_loss_smoothed"], 1)
+    assert _val_loss(model, val) == pytest.approx(history["val_loss"].iloc[result.kept_epoch], rel=1e-6)
+
+
 def test_fit_settings_of_each_section():
     from gzmorph.train import FitSettings, fit_settings
 

@@ -143,7 +143,7 @@ def split_at_dropout(model: keras.Model) -> tuple[keras.Model, keras.Model] | No
     cut = names.index("mc_dropout")
     try:
         features = model.layers[cut - 1].output
-        trunk = keras.Model(model.inputs, features, name="mc_trunk")
+        trunk = keras.Model(model.input, features, name="mc_trunk")
         head_input = keras.Input(tuple(features.shape[1:]), dtype=features.dtype, name="features")
         y = head_input
         for layer in model.layers[cut:]:

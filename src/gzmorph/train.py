@@ -381,8 +381,8 @@ def fit(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Any, *, settings:
     # compile wraps the optimizer in a LossScaleOptimizer under mixed_float16.
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss if loss is not None else BinomialLoss())
     monitor = "val_loss_smoothed" if settings.smoothing > 0 else "val_loss"
-    stopper = cb.FiniteEarlyStopping(monitor=monitor, patience=settings.patience, restore_best_weights=True,
-                                     start_from_epoch=settings.min_epochs)
+    stopper = cb.FiniteEarlyStopping(monitor=monitor, mode="min", patience=settings.patience,
+                                     restore_best_weights=True, start_from_epoch=settings.min_epochs)
     with contextlib.ExitStack() as outputs:
         smoother = [cb.SmoothedValLoss(settings.smoothing)] if settings.smoothing > 0 else []
         callbacks = [cb.LogLearningRate(), *smoother, *schedule_callbacks, stopper, keras.callbacks.TerminateOnNaN()]
