@@ -156,6 +156,24 @@ def test_real_service_url_must_be_a_url(params):
     assert _error(params).startswith("params.yaml: real.services.zenodo.base_url: 'zenodo.org/' does not match")
 
 
+def test_quick_profile_is_a_small_marked_smoke_run(params):
+    """params/quick.yaml: valid over params.yaml, marked as a smoke run, a smaller sky and every training short."""
+    quick = config.load([ROOT / "params.yaml", ROOT / "params" / "quick.yaml"])
+    assert quick["smoke_run"] is True and params["smoke_run"] is False
+    assert quick["simulate"]["n_galaxies"] <= params["simulate"]["n_galaxies"] / 10
+    epochs = [quick["train"]["max_epochs"], quick["train"]["tree"]["max_epochs"],
+              *(q["max_epochs"] for q in quick["train"]["questions"].values())]
+    assert max(epochs) <= 5
+
+
+def test_precision_and_mc_settings_are_checked(params):
+    params["train"]["mixed_precision"] = "fast"
+    assert "train.mixed_precision" in _error(params)
+    params["train"]["mixed_precision"] = "auto"
+    params["predict"]["dropout_masks"] = 0
+    assert "predict.dropout_masks" in _error(params)
+
+
 def test_tree_trunk_needs_three_block_widths(params):
     params["train"]["tree"]["trunk_filters"] = [64, 64]
     assert "train.tree.trunk_filters: [64, 64] is too short" in _error(params)

@@ -40,6 +40,23 @@ def test_coverage_counts_by_hand():
     np.testing.assert_allclose(err[1:], [0.95, 0.95, -0.05 / 3, -0.05 / 3], atol=1e-12)
 
 
+def test_bootstrap_interval_of_the_coverage_error():
+    """Per-galaxy terms sum to coverage_counts; resampling identical galaxies gives no spread, and the interval
+    of a mixed sample brackets its coverage error."""
+    pmf, k, n = _hand_case()
+    expected, hit = ev.coverage_per_galaxy(pmf, k, n, [0.25, 1.0])
+    cov = ev.coverage_counts(pmf, k, n, [0.25, 1.0])
+    np.testing.assert_allclose(expected.sum(axis=0), cov.expected)
+    np.testing.assert_array_equal(hit.sum(axis=0), cov.actual)
+    same = ev.bootstrap_coverage_error(np.tile(expected[1], (50, 1)), np.tile(hit[1], (50, 1)), resamples=200)
+    np.testing.assert_allclose(same[0], same[1])
+    np.testing.assert_allclose(same[0], ev.coverage_error(expected[1], hit[1]))
+    rng = np.random.default_rng(0)
+    many_e, many_h = rng.uniform(0.3, 0.9, (400, 1)), rng.uniform(size=(400, 1)) < 0.6
+    lo, hi = ev.bootstrap_coverage_error(many_e, many_h)[:, 0]
+    assert lo < ev.coverage_error(many_e.sum(0), many_h.sum(0))[0] < hi and hi - lo < 0.2
+
+
 def test_window_uses_each_galaxys_n_and_survives_float_round_off():
     # 0.28 * 25 = 7.000000000000001 in floats: the strict bound must still exclude |j - k̂| = 7.
     assert 0.28 * 25 > 7

@@ -109,6 +109,22 @@ def test_every_rule_has_log_benchmark_threads_resources():
                 assert f"\n    {directive}" in block, f"rule {name} in {smk.name} lacks {directive}"
 
 
+def test_model_jobs_share_the_cores_without_a_gpu_and_queue_for_it_with_one():
+    """`--cores 2`: without a GPU every model job gets one thread and no gpu resource, so two train side by side;
+    with one, each asks for the GPU (`--resources gpu=1` serialises them) and gets every core."""
+    import shutil
+
+    out = subprocess.run([str(SNAKEMAKE), "-n", "--forceall", "--cores", "2", "--resources", "gpu=1"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    gpu = shutil.which("nvidia-smi") is not None and "GPU " in subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    jobs = {m.group(1): m.group(2) for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", out, re.M)}
+    for rule in ("train", "train_tree", "predict", "predict_tree", "finetune_ring"):
+        assert ("gpu=1" if gpu else "gpu=0") in jobs[rule], (rule, jobs[rule])
+        assert ("threads: 2" in jobs[rule]) == gpu, (rule, jobs[rule])
+    assert "priority: 10" in jobs["train_tree"]
+
+
 @pytest.mark.parametrize("extra", [[], ["--configfile", "params/real.yaml"]], ids=["simulated", "real"])
 def test_snakemake_lint_is_clean(extra):
     res = subprocess.run([str(SNAKEMAKE), "--lint", *extra], cwd=ROOT, capture_output=True, text=True)

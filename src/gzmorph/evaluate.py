@@ -140,6 +140,17 @@ def coverage_counts(pmf: np.ndarray, k: np.ndarray, n: np.ndarray, epsilon: Sequ
     """C_expected and C_actual (eqs. 11-12) for posteriors ``pmf`` [G, K] over k = 0..K-1.
 
     k, n: [G] observed votes and volunteers asked; k_hat: [G] the prediction k̂ (default: the pmf's mode).
+    The sums over galaxies of :func:`coverage_per_galaxy`.
+    """
+    eps = np.atleast_1d(np.asarray(epsilon, float))
+    expected, hit = coverage_per_galaxy(pmf, k, n, eps, k_hat)
+    return Coverage(eps, expected.sum(axis=0), hit.sum(axis=0))
+
+
+def coverage_per_galaxy(pmf: np.ndarray, k: np.ndarray, n: np.ndarray, epsilon: Sequence[float] | np.ndarray,
+                        k_hat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each galaxy's terms of eqs. 11-12: (posterior mass inside the window [G, E], observed k inside it [G, E]).
+
     Vectorised: a cumulative sum per galaxy turns each window's probability into two look-ups.
     """
     pmf = np.asarray(pmf, float)
@@ -156,9 +167,22 @@ def coverage_counts(pmf: np.ndarray, k: np.ndarray, n: np.ndarray, epsilon: Sequ
     empty = radius < 0
     cdf = np.concatenate([np.zeros((len(pmf), 1)), np.cumsum(pmf, axis=1)], axis=1)  # cdf[:, j] = P(k < j)
     inside = np.take_along_axis(cdf, np.clip(hi + 1, 0, pmf.shape[1]), 1) - np.take_along_axis(cdf, lo, 1)
-    expected = np.where(empty, 0.0, inside).sum(axis=0)
     hit = (np.abs(k - k_hat)[:, None] <= radius) & ~empty
-    return Coverage(eps, expected, hit.sum(axis=0))
+    return np.where(empty, 0.0, inside), hit
+
+
+def bootstrap_coverage_error(expected: np.ndarray, hit: np.ndarray, resamples: int = 1000, seed: int = 0,
+                             quantiles: Sequence[float] = (0.16, 0.84)) -> np.ndarray:
+    """Quantiles [len(quantiles), E] of the coverage error (eq. 13) over bootstrap resamples of the galaxies.
+
+    ``expected``, ``hit``: per-galaxy terms [G, E] (:func:`coverage_per_galaxy`).  Each resample draws G galaxies
+    with replacement; the default quantiles give the central 68 % interval.
+    """
+    expected, hit = np.asarray(expected, float), np.asarray(hit, float)
+    weights = np.random.default_rng(seed).multinomial(len(expected), np.full(len(expected), 1 / len(expected)),
+                                                      size=resamples)  # [B, G] times each galaxy is drawn
+    errors = coverage_error(weights @ expected, weights @ hit)  # [B, E]
+    return np.nanquantile(errors, quantiles, axis=0)
 
 
 @dataclass(frozen=True)
@@ -867,12 +891,15 @@ def evaluate(params: dict[str, Any], question: str, predictions: str | Path, out
 
     table = calibration_table(post, truth=truth)
     hc = high_confidence_mask(post.rho_mean)
-    metrics = {"question": question, "answer": answer, **point_metrics(post, table, truth, hc)}
+    metrics = {"question": question, "answer": answer, "smoke_run": bool(params.get("smoke_run", False)),
+               **point_metrics(post, table, truth, hc)}
     learn = learnability(params, question, df, post, catalog_df, truth)
     metrics["learnability"] = learnability_metrics(learn)
     labels = class_labels(question, answer)
     actual, predicted = human_majority(post.k, post.n), model_majority(post.rho_mean)
     title = f"{question}: {answer_phrase(question, answer)}, {len(df)} test galaxies"
+    if metrics["smoke_run"]:
+        title += " (smoke run: not for science)"
 
     io.write_text(calibration or out / "calibration.csv", table.to_csv(index=False, float_format="%.6g"))
     io.write_text(out / "learnability.csv", learn.table.to_csv(index=False, float_format="%.6g"))

@@ -455,7 +455,7 @@ def truth_matrix(catalog_df: pd.DataFrame | None, ids: np.ndarray, question: Que
 def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | DecisionTree | None = None,
                   catalog: str | Path | None = None, shards: str | Path | None = None, split: str = "all",
                   min_votes: int = MIN_VOTES, confusion_min_votes: int = CONFUSION_MIN_VOTES,
-                  gallery_size: int = GALLERY_SIZE, seed: int = 0) -> dict[str, Any]:
+                  gallery_size: int = GALLERY_SIZE, seed: int = 0, smoke_run: bool = False) -> dict[str, Any]:
     """Write every output of the module docstring into ``out_dir``; return metrics.json's content.
 
     ``split`` (train, val, test; needs ``shards``) evaluates only the posterior catalog's galaxies of that
@@ -495,7 +495,8 @@ def evaluate_tree(posteriors: str | Path, out_dir: str | Path, *, tree: str | De
         results.append(evaluate_question(q, alpha[:, :, sl], counts[:, sl], point=None if point is None
                                          else point[:, sl], truth=truth_matrix(catalog_df, ids, q),
                                          min_votes=min_votes, confusion_min_votes=confusion_min_votes))
-    metrics = plain_json({"tree": tree.name, "split": split, "n_galaxies": len(ids), "passes": int(alpha.shape[1]),
+    metrics = plain_json({"tree": tree.name, "smoke_run": bool(smoke_run), "split": split, "n_galaxies": len(ids),
+                      "passes": int(alpha.shape[1]),
                       "n_questions": len(tree.questions), "n_answers": tree.n_answers(), "min_votes": min_votes,
                       "kinds": list(kind_alphas(alpha[:1], None if point is None else point[:1])),
                       "questions": {r.name: r.metrics for r in results}})
@@ -538,11 +539,12 @@ def write_galleries(tree: DecisionTree, ids: np.ndarray, alpha: np.ndarray, coun
 def run(args: argparse.Namespace) -> None:
     from gzmorph import config
 
-    settings = config.load(args.params)["evaluate_tree"]
+    params = config.load(args.params)
+    settings = params["evaluate_tree"]
     pick = {k: settings[k] if getattr(args, k) is None else getattr(args, k)
             for k in ("split", "min_votes", "confusion_min_votes", "gallery_size")}
     evaluate_tree(args.posteriors, args.out_dir, tree=args.tree, catalog=args.catalog, shards=args.shards,
-                  seed=args.seed, **pick)
+                  seed=args.seed, smoke_run=bool(params.get("smoke_run", False)), **pick)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

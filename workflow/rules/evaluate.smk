@@ -29,7 +29,7 @@ rule evaluate:
                                  caption="../report/posteriors.rst", category="Posteriors",
                                  subcategory="{question}"),
     params:
-        settings=P("train.questions.{question}"),
+        settings=P("train.questions.{question}", "smoke_run"),
         args=PARAMS_ARGS,
     log:
         "logs/evaluate_{question}.log",
@@ -86,7 +86,7 @@ rule evaluate_tree:
                          patterns=["{name}.png"], caption="../report/tree_gallery.rst",
                          category="Whole-tree model", subcategory="Galleries"),
     params:
-        settings=P("evaluate_tree"),
+        settings=P("evaluate_tree", "smoke_run"),
         args=PARAMS_ARGS,
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
