@@ -9,10 +9,11 @@ split in memory would grow by ~200 MB between 1x and 16x), 200 PNGs reused cycli
 Stages, each in a fresh child process, at every scale:
 
 - ``shards``: ``write_shards`` (``--threads 1``) of the catalog (the shards the other stages read);
-- ``train_input``: one epoch of ``vote_dataset`` on the train split as ``gzmorph train`` builds it (seeded shuffled
-  file interleave, shuffle buffer, parse, vote cut), no model;
-- ``predict``: ``gzmorph predict`` (T = 2 MC passes + 1) of the test split with a small untrained model;
-- ``predict_tree``: ``gzmorph predict --tree`` (T = 2) of every split (the posterior catalog) with a small
+- ``train_input``: two epochs of ``vote_dataset`` on the train split as ``gzmorph train`` builds it (seeded shuffled
+  file interleave, shuffle buffer, parse, vote cut; held in memory when it fits in ``train.cache_mb``, so this
+  stage grows with the catalog up to that bound), no model;
+- ``predict``: ``gzmorph predict`` (T = 1 x 2 MC samples + 1) of the test split with a small untrained model;
+- ``predict_tree``: ``gzmorph predict --tree`` (T = 1 x 2) of every split (the posterior catalog) with a small
   untrained whole-tree model, chunk files and all;
 - ``active_learning`` (``--al-scales``): ``gzmorph active-learning run`` (BALD, 1 acquisition, 1 epoch of a small
   model): load the pool index, train on the filtered labelled stream, score the streamed pool and test split.
@@ -50,10 +51,13 @@ def _params(workdir: Path) -> dict:
     from gzmorph import config
 
     override = {"seed": SEED, "shards": {"resolution": RESOLUTION, "shard_size": SHARD_SIZE, "split": FRACTIONS},
-                "train": {"input_size": RESOLUTION, "batch_size": 64, "dropout_rate": 0.2},
-                "predict": {"passes": 2, "chunk_size": 256},
-                "active_learning": {"passes": 2, "max_epochs": 1, "min_epochs": 0, "warm_start": False, "patience": 1,
-                                    "warmup_epochs": 0, "min_steps_per_epoch": 2, "batch_size": 32,
+                "train": {"input_size": RESOLUTION, "batch_size": 64, "dropout_rate": 0.2,
+                          "questions": {q: {"trunk_filters": [32, 32, 16], "dense_units": 128}
+                                        for q in ("smooth-or-featured", "bar")}},
+                "predict": {"augmentations": 1, "dropout_masks": 2, "chunk_size": 256},
+                "active_learning": {"augmentations": 1, "dropout_masks": 2, "max_epochs": 1, "min_epochs": 0,
+                                    "warm_start": False, "patience": 1, "warmup_epochs": 0, "min_steps_per_epoch": 2,
+                                    "batch_size": 32,
                                     "questions": {QUESTION: {"initial": 32, "per_iteration": 32, "iterations": 1}}}}
     path = workdir / "override.json"
     path.write_text(json.dumps(override))
@@ -89,10 +93,13 @@ def child(stage: str, n: int, workdir: Path) -> None:
     params = _params(workdir)
     spec = question_spec(params, QUESTION, "gz2")
     if stage == "train_input":
+        from gzmorph.inputs import fits_in_cache
+
         print(json.dumps({"baseline": _rss()}), flush=True)
-        seen = 0
-        for x, _ in vote_dataset(shard_dir, "train", spec, 64, shuffle=True, seed=SEED):
-            seen += int(tf.shape(x)[0])
+        cache = fits_in_cache(shard_dir, ("train",), params["train"]["cache_mb"])
+        ds = vote_dataset(shard_dir, "train", spec, 64, shuffle=True, seed=SEED, cache=cache)
+        for _ in range(2):  # the second epoch reads the cache, when the split fits in train.cache_mb
+            seen = sum(int(tf.shape(x)[0]) for x, _ in ds)
         assert seen > 0
     elif stage == "predict":
         from gzmorph import predict, train

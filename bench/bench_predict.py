@@ -93,12 +93,12 @@ class PeakRSS:
 
 
 def predict_once(args: argparse.Namespace, shards: Path, model: Path, out: Path) -> dict:
-    from gzmorph.predict import predict
+    from gzmorph.predict import MCSampling, predict
 
     params = bench_params(args.input_size, 64)
     t0 = time.perf_counter()
-    summary = predict(params, args.question, shards, model, out, threads=args.threads, passes=args.passes,
-                      chunk_size=args.chunk_size, progress=False)
+    summary = predict(params, args.question, shards, model, out, threads=args.threads,
+                      sampling=MCSampling(args.passes, 1), chunk_size=args.chunk_size, progress=False)
     return summary | {"seconds": time.perf_counter() - t0}
 
 

@@ -96,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"baseline": psutil.Process().memory_info().rss}), flush=True)
     start = time.perf_counter()
     summary = predict.predict_tree(params, args.model, args.out, shards=args.shards, split="test",
-                                   passes=args.passes, threads=args.threads, progress=False)
+                                   sampling=predict.MCSampling(args.passes, 1), threads=args.threads, progress=False)
     print(json.dumps({"seconds": time.perf_counter() - start, **summary}), flush=True)
 
 

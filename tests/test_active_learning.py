@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 # model that is exactly Bayesian: a Beta(1, 1) prior on each kind's rho, updated by the labelled galaxies'
 # votes; its T "passes" are posterior draws.  What a network must learn from pixels is replaced by knowing
 # the kind, so the loop is the paper's acquisition and its summary alone, fast and without noise from training.
+# Small models for fast tests: Fig. 3's trunk for every question, whatever params.yaml ships.
+PAPER_TRUNKS = {q: {"trunk_filters": [32, 32, 16], "dense_units": 128} for q in ("smooth-or-featured", "bar")}
 KIND_RHO = np.r_[0.8, np.linspace(0.05, 0.95, 15)]
 KIND_SHARE = np.r_[0.85, np.full(15, 0.01)]
 
@@ -150,7 +152,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("active_learning")
     shards, df = learnable_shards(root, n=300, seed=2)
     override = {"seed": 0, "shards": {"split": {"train": 0.6, "val": 0.2, "test": 0.2}},
-                "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.2},
+                "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.2, "questions": PAPER_TRUNKS},
                 "active_learning": {"augmentations": 1, "dropout_masks": 2,
                                     "max_epochs": 1, "min_epochs": 0, "warm_start": False,
                                     "patience": 1, "warmup_epochs": 0, "min_steps_per_epoch": 2,
@@ -469,7 +471,8 @@ def planted(tmp_path_factory):
     """Real BALD (``bald_scores``, MC passes) and random runs through the real training path, per seed."""
     root = tmp_path_factory.mktemp("planted")
     shards, df = planted_shards(root, n=600)
-    override = {"seed": 0, "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.3},
+    override = {"seed": 0, "train": {"input_size": 32, "learning_rate": 0.003, "dropout_rate": 0.3,
+                          "questions": PAPER_TRUNKS},
                 "active_learning": {"augmentations": 4, "dropout_masks": 2,
                                     "max_epochs": 8, "min_epochs": 3, "warm_start": True,
                                     "patience": 2, "warmup_epochs": 1, "min_steps_per_epoch": 4, "batch_size": 16,
@@ -502,3 +505,22 @@ def test_bald_acquires_the_informative_galaxies(planted):
     start = runs[runs["iteration"] == 0]["eval_rmse"].mean()
     assert end["bald"] < start and end["bald"] <= end["random"] + 0.005
 
+
+
+def test_validation_subsample_is_the_first_val_galaxies_every_time(tiny):
+    """active_learning.val_galaxies: early stopping sees a fixed, cached subsample of the val split (0: all)."""
+    from gzmorph.inputs import question_spec, require_galaxies
+
+    params, shards = tiny["params"], tiny["shards"]
+    spec = question_spec(params, QUESTION)
+    n_val = require_galaxies(shards, "val", spec)
+
+    def val_counts(limit):
+        ds, n = al.validation_dataset(shards, spec, n_val, limit)
+        counts = [c for _, cs in ds.as_numpy_iterator() for c in cs]
+        return n, len(counts), np.concatenate([cs for _, cs in ds.as_numpy_iterator()])
+
+    n, seen, first = val_counts(5)
+    assert n == seen == 5
+    np.testing.assert_array_equal(first, val_counts(5)[2])  # the same galaxies in every iteration and run
+    assert val_counts(0)[:2] == (n_val, n_val) and val_counts(10 * n_val)[:2] == (n_val, n_val)

@@ -36,6 +36,7 @@ def _params() -> dict:
     p["simulate"]["image_size"] = 160
     p["shards"].update(resolution=48, shard_size=512, split={"train": 0.6, "val": 0.1, "test": 0.3})
     p["train"].update(input_size=40, batch_size=32, max_epochs=14, min_epochs=6, patience=4, warmup_epochs=1)
+    p["train"]["questions"][QUESTION].pop("max_epochs", None)  # the default trunk, precision and smoothing, 14 epochs
     p["predict"].update(augmentations=4, dropout_masks=2, chunk_size=256)
     return config.validate(p)
 

@@ -378,7 +378,8 @@ def test_fit_settings_of_each_section():
     assert fit_settings(params) == FitSettings(
         learning_rate=tp["learning_rate"], max_epochs=tp["max_epochs"], min_epochs=tp["min_epochs"],
         patience=tp["patience"], schedule=tp["schedule"], warmup_epochs=tp["warmup_epochs"],
-        min_learning_rate=tp["min_learning_rate"], plateau_patience=tp["plateau_patience"])
+        min_learning_rate=tp["min_learning_rate"], plateau_patience=tp["plateau_patience"],
+        smoothing=tp["val_loss_smoothing"])
     own = fit_settings(params, "active_learning")  # own epoch counts, train's rates and schedule
     assert (own.max_epochs, own.min_epochs, own.patience, own.warmup_epochs, own.plateau_patience) == (
         al["max_epochs"], al["min_epochs"], al["patience"], al["warmup_epochs"], al["plateau_patience"])

@@ -14,7 +14,8 @@ per answer ``<q>_<a>_concentration`` (the Dirichlet concentrations of each MC-dr
     <q>_mutual_information                 float32        BALD of q: I[k, w] of N votes for q, in nats (below)
     mutual_information                     float32        tree BALD: sum over q of proportion asked x the above
 
-with key-value metadata ``tree, passes, model, source, split, expected_votes``.  Answers are in the tree's
+with key-value metadata ``tree, passes, augmentations, dropout_masks, precision, model, source, split,
+expected_votes``.  Answers are in the tree's
 ``answer_columns`` order.  The deterministic concentrations are not in the published catalog: gzmorph adds
 them, as ``rho_point`` in the per-question predictions, for the deterministic baseline of the evaluation.  The
 proportion asked is 1 for a question asked of everyone; a question asked after any of the (question, answer)
